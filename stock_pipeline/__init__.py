@@ -1,0 +1,1 @@
+"""stock_pipeline: BaoStock -> PostgreSQL/Redis market-data warehouse on Dagster."""

@@ -1,0 +1,181 @@
+"""Environment configuration, read in one place.
+
+Every setting is an environment variable named STOCK_PIPELINE_*; README.md and .env.example list
+them. A bad value raises SettingsError naming the variable and what it accepts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ENV_PREFIX = "STOCK_PIPELINE_"
+
+
+class SettingsError(ValueError):
+    """A STOCK_PIPELINE_* variable holds a value the pipeline cannot use."""
+
+
+@dataclass(frozen=True)
+class BaostockEndpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All runtime configuration. Build with `Settings.from_env()`."""
+
+    # None means: start (or attach to) the embedded server under `home`.
+    database_url: str | None = None
+    redis_url: str | None = None
+    # None means BaoStock's real service (the client's built-in address).
+    baostock_endpoint: BaostockEndpoint | None = None
+    home: Path = field(default_factory=lambda: Path.cwd() / ".stock_pipeline")
+
+    # SQLAlchemy pool (seed 000 D5: 10 + 20 overflow for the concurrent after-close chain).
+    db_pool_size: int = 10
+    db_max_overflow: int = 20
+    db_pool_recycle_s: int = 1800
+    # Rows per COPY chunk: bounds client and temp-table memory (seed 000 D1).
+    copy_chunk_rows: int = 50_000
+
+    # BaoStock blacklists aggressive clients: conservative defaults, raise them knowingly.
+    baostock_concurrency: int = 4
+    baostock_qps: float = 20.0
+    baostock_request_timeout_s: float = 30.0
+    baostock_session_ttl_s: float = 3600.0
+    baostock_max_retries: int = 3
+    baostock_batch_size: int = 100
+
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        reader = _EnvReader(env)
+        defaults = cls()
+        return cls(
+            database_url=reader.url("DATABASE_URL", ("postgresql", "postgres")),
+            redis_url=reader.url("REDIS_URL", ("redis", "rediss", "unix")),
+            baostock_endpoint=reader.endpoint("BAOSTOCK_ENDPOINT"),
+            home=reader.path("HOME", defaults.home),
+            db_pool_size=reader.integer("DB_POOL_SIZE", defaults.db_pool_size, minimum=1),
+            db_max_overflow=reader.integer("DB_MAX_OVERFLOW", defaults.db_max_overflow, minimum=0),
+            db_pool_recycle_s=reader.integer(
+                "DB_POOL_RECYCLE_S", defaults.db_pool_recycle_s, minimum=1
+            ),
+            copy_chunk_rows=reader.integer("COPY_CHUNK_ROWS", defaults.copy_chunk_rows, minimum=1),
+            baostock_concurrency=reader.integer(
+                "BAOSTOCK_CONCURRENCY", defaults.baostock_concurrency, minimum=1
+            ),
+            baostock_qps=reader.number("BAOSTOCK_QPS", defaults.baostock_qps),
+            baostock_request_timeout_s=reader.number(
+                "BAOSTOCK_REQUEST_TIMEOUT_S", defaults.baostock_request_timeout_s
+            ),
+            baostock_session_ttl_s=reader.number(
+                "BAOSTOCK_SESSION_TTL_S", defaults.baostock_session_ttl_s
+            ),
+            baostock_max_retries=reader.integer(
+                "BAOSTOCK_MAX_RETRIES", defaults.baostock_max_retries, minimum=0
+            ),
+            baostock_batch_size=reader.integer(
+                "BAOSTOCK_BATCH_SIZE", defaults.baostock_batch_size, minimum=1
+            ),
+            log_level=reader.choice(
+                "LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
+            ),
+        )
+
+
+class _EnvReader:
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+
+    def _raw(self, name: str) -> str | None:
+        value = self.env.get(ENV_PREFIX + name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def _fail(self, name: str, accepted: str, value: str) -> SettingsError:
+        return SettingsError(f"{ENV_PREFIX}{name} must be {accepted}; got {value!r}")
+
+    def integer(self, name: str, default: int, minimum: int) -> int:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise self._fail(name, f"an integer >= {minimum}", raw) from None
+        if value < minimum:
+            raise self._fail(name, f"an integer >= {minimum}", raw)
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise self._fail(name, "a positive number", raw) from None
+        if not value > 0:
+            raise self._fail(name, "a positive number", raw)
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        if raw.upper() not in choices:
+            raise self._fail(name, "one of " + ", ".join(choices), raw)
+        return raw.upper()
+
+    def path(self, name: str, default: Path) -> Path:
+        raw = self._raw(name)
+        return Path(raw).expanduser().resolve() if raw else default.resolve()
+
+    def url(self, name: str, schemes: tuple[str, ...]) -> str | None:
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        scheme = raw.split("://", 1)[0].split("+", 1)[0].lower() if "://" in raw else ""
+        if scheme not in schemes:
+            shown = redact_url(raw)
+            raise SettingsError(
+                f"{ENV_PREFIX}{name} must be a URL starting with "
+                + " or ".join(f"{s}://" for s in schemes)
+                + f"; got {shown!r}. Unset it to use the embedded server."
+            )
+        return raw
+
+    def endpoint(self, name: str) -> BaostockEndpoint | None:
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        match = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d{1,5})", raw)
+        if not match or not 0 < int(match.group(2)) < 65536:
+            raise self._fail(name, "host:port (e.g. 127.0.0.1:10030); unset for BaoStock", raw)
+        return BaostockEndpoint(match.group(1), int(match.group(2)))
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***: safe for logs, errors and metadata."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0] + ":***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[1]}"))
