@@ -61,12 +61,19 @@ def _fields(spec: str, renames: dict[str, str] | None = None) -> tuple[Field, ..
 K_DAILY_FIELDS = _fields(
     "date:date code:str open high low close preclose volume:int amount adjustflag:int turn "
     "tradestatus:bool pctChg peTTM pbMRQ psTTM pcfNcfTTM isST:bool",
-    {"date": "trade_date", "preclose": "pre_close", "pctChg": "pct_chg", "turn": "turnover"},
+    {
+        "date": "trade_date",
+        "preclose": "pre_close",
+        "pctChg": "pct_chg",
+        "turn": "turnover",
+        "tradestatus": "trade_status",
+        "adjustflag": "adjust_flag",
+    },
 )
 # Weekly/monthly k-lines accept only this subset (BaoStock rejects the valuation fields there).
 K_PERIOD_FIELDS = _fields(
     "date:date code:str open high low close volume:int amount adjustflag:int turn pctChg",
-    {"date": "trade_date", "pctChg": "pct_chg", "turn": "turnover"},
+    {"date": "trade_date", "pctChg": "pct_chg", "turn": "turnover", "adjustflag": "adjust_flag"},
 )
 # Index daily k-lines: no valuation, no ST flag, no trade status.
 K_INDEX_FIELDS = _fields(
