@@ -1,0 +1,79 @@
+"""Shared fixtures: real PostgreSQL and Redis, embedded by default.
+
+STOCK_PIPELINE_TEST_DATABASE_URL / STOCK_PIPELINE_TEST_REDIS_URL point the suite at external
+servers instead (e.g. this machine's PostgreSQL 15 and Redis 7). Every test session gets its own
+freshly created database, dropped at the end, so runs never see each other's tables.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from stock_pipeline.warehouse.urls import asyncpg_dsn
+
+
+@pytest.fixture(scope="session")
+def test_home() -> Iterator[Path]:
+    """A private STOCK_PIPELINE_HOME for embedded servers started by this test session."""
+    with tempfile.TemporaryDirectory(prefix="sp-test-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(test_home: Path) -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database (`postgres`)."""
+    external = os.environ.get("STOCK_PIPELINE_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    from stock_pipeline.embedded.postgres import EmbeddedPostgres
+
+    server = EmbeddedPostgres(test_home / "postgres")
+    server.start()
+    try:
+        yield server.url()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(pg_server_url: str) -> Iterator[str]:
+    """A plain postgresql:// DSN to a fresh, empty database owned by this test session."""
+    name = f"sp_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(asyncpg_dsn(pg_server_url))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = asyncpg_dsn(pg_server_url, database=name)
+    try:
+        yield dsn
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(test_home: Path) -> Iterator[str]:
+    external = os.environ.get("STOCK_PIPELINE_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    from stock_pipeline.embedded.redis import EmbeddedRedis
+
+    server = EmbeddedRedis(test_home / "redis")
+    server.start()
+    try:
+        yield server.url()
+    finally:
+        server.stop()
