@@ -228,7 +228,7 @@ RAW_DATASETS: tuple[RawDataset, ...] = (
 def _raw_table(spec: RawDataset) -> Table:
     missing = set(spec.key) - {f.column for f in spec.all_fields}
     if missing:
-        raise ValueError(f"{spec.table}: key columns {sorted(missing)} are not fields of {spec.api}")
+        raise ValueError(f"{spec.table}: key {sorted(missing)} are not fields of {spec.api}")
     columns = [
         Column(f.column, SQL_TYPES[f.type], nullable=f.column not in spec.key)
         for f in spec.all_fields
