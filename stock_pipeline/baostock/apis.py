@@ -107,7 +107,9 @@ APIS: dict[str, Api] = {
         Api("query_history_k_data_plus", K_DAILY_FIELDS, "k-line bars (fields vary by frequency)"),
         Api(
             "query_adjust_factor",
-            _fields("code:str dividOperateDate:date foreAdjustFactor backAdjustFactor adjustFactor"),
+            _fields(
+                "code:str dividOperateDate:date foreAdjustFactor backAdjustFactor adjustFactor"
+            ),
             "adjustment factors, one row per ex-right date",
         ),
         Api(
@@ -273,7 +275,11 @@ APIS: dict[str, Api] = {
             "query_money_supply_data_year",
             _fields(
                 "statYear:int m0Year m0YearYOY m1Year m1YearYOY m2Year m2YearYOY",
-                {"m0YearYOY": "m0_year_yoy", "m1YearYOY": "m1_year_yoy", "m2YearYOY": "m2_year_yoy"},
+                {
+                    "m0YearYOY": "m0_year_yoy",
+                    "m1YearYOY": "m1_year_yoy",
+                    "m2YearYOY": "m2_year_yoy",
+                },
             ),
             "money supply, year-end balances",
         ),
