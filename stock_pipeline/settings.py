@@ -54,6 +54,10 @@ class Settings:
     baostock_session_ttl_s: float = 3600.0
     baostock_max_retries: int = 3
     baostock_batch_size: int = 100
+    # Retry delays: full jitter over base * 2**attempt, capped; a blacklist reply pauses the pool.
+    baostock_backoff_base_s: float = 0.5
+    baostock_backoff_max_s: float = 30.0
+    baostock_blacklist_backoff_s: float = 60.0
 
     log_level: str = "INFO"
 
@@ -88,6 +92,15 @@ class Settings:
             ),
             baostock_batch_size=reader.integer(
                 "BAOSTOCK_BATCH_SIZE", defaults.baostock_batch_size, minimum=1
+            ),
+            baostock_backoff_base_s=reader.number(
+                "BAOSTOCK_BACKOFF_BASE_S", defaults.baostock_backoff_base_s
+            ),
+            baostock_backoff_max_s=reader.number(
+                "BAOSTOCK_BACKOFF_MAX_S", defaults.baostock_backoff_max_s
+            ),
+            baostock_blacklist_backoff_s=reader.number(
+                "BAOSTOCK_BLACKLIST_BACKOFF_S", defaults.baostock_blacklist_backoff_s
             ),
             log_level=reader.choice(
                 "LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
