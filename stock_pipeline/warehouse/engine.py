@@ -47,7 +47,8 @@ def embedded_postgres(settings: Settings):  # -> EmbeddedPostgres (import kept l
 def unreachable(url: str, exc: BaseException) -> WarehouseUnreachable:
     return WarehouseUnreachable(
         f"cannot reach the warehouse database at {display_url(url)}: "
-        f"{type(exc).__name__}: {_scrub(str(exc), url)}. Check that the server runs and "
+        f"{type(exc).__name__}: {' '.join(_scrub(str(exc), url).split())}. "
+        "Check that the server runs and "
         "STOCK_PIPELINE_DATABASE_URL is right, or unset it to use the embedded PostgreSQL."
     )
 
