@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg2
@@ -45,22 +45,34 @@ def pg_server_url(test_home: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def pg_dsn(pg_server_url: str) -> Iterator[str]:
-    """A plain postgresql:// DSN to a fresh, empty database owned by this test session."""
-    name = f"sp_test_{uuid.uuid4().hex[:10]}"
+def make_database(pg_server_url: str) -> Iterator[Callable[[], str]]:
+    """A factory of fresh, empty databases (plain postgresql:// DSNs), all dropped at the end."""
     admin = psycopg2.connect(asyncpg_dsn(pg_server_url))
     admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = asyncpg_dsn(pg_server_url, database=name)
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"sp_test_{uuid.uuid4().hex[:10]}"
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        created.append(name)
+        return asyncpg_dsn(pg_server_url, database=name)
+
     try:
-        yield dsn
+        yield create
     finally:
         with admin.cursor() as cur:
-            cur.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            for name in created:
+                cur.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(make_database: Callable[[], str]) -> str:
+    """A plain postgresql:// DSN to a fresh, empty database owned by this test session."""
+    return make_database()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,75 @@
+"""Settings: defaults, clear errors naming the variable, passwords never shown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stock_pipeline.settings import BaostockEndpoint, Settings, SettingsError, redact_url
+from stock_pipeline.warehouse.urls import asyncpg_dsn, display_url, sqlalchemy_url
+
+
+def test_defaults_are_conservative():
+    s = Settings.from_env({})
+    assert s.database_url is None and s.redis_url is None and s.baostock_endpoint is None
+    assert (s.db_pool_size, s.db_max_overflow, s.copy_chunk_rows) == (10, 20, 50_000)
+    assert s.home == (Path.cwd() / ".stock_pipeline").resolve()
+
+
+def test_values_are_parsed():
+    s = Settings.from_env(
+        {
+            "STOCK_PIPELINE_BAOSTOCK_ENDPOINT": "127.0.0.1:10030",
+            "STOCK_PIPELINE_DB_POOL_SIZE": "3",
+            "STOCK_PIPELINE_DATABASE_URL": "postgresql://u:p@h/db",
+        }
+    )
+    assert s.baostock_endpoint == BaostockEndpoint("127.0.0.1", 10030)
+    assert s.db_pool_size == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DB_POOL_SIZE", "abc", "STOCK_PIPELINE_DB_POOL_SIZE must be an integer >= 1"),
+        ("DB_POOL_SIZE", "0", "STOCK_PIPELINE_DB_POOL_SIZE must be an integer >= 1"),
+        ("BAOSTOCK_QPS", "-1", "STOCK_PIPELINE_BAOSTOCK_QPS must be a positive number"),
+        ("BAOSTOCK_ENDPOINT", "localhost", "STOCK_PIPELINE_BAOSTOCK_ENDPOINT must be host:port"),
+        ("DATABASE_URL", "mysql://u:pw@h/db", "must be a URL starting with postgresql://"),
+        ("LOG_LEVEL", "LOUD", "STOCK_PIPELINE_LOG_LEVEL must be one of"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str, message: str):
+    with pytest.raises(SettingsError, match=message) as info:
+        Settings.from_env({f"STOCK_PIPELINE_{name}": value})
+    assert "pw" not in str(info.value)
+
+
+def test_urls_never_show_passwords():
+    url = "postgresql://trader:s3cret@db.example:5432/market"
+    assert "s3cret" not in redact_url(url) and "s3cret" not in display_url(url)
+    assert "s3cret" not in repr(sqlalchemy_url(url))
+    assert sqlalchemy_url(url).drivername == "postgresql+asyncpg"
+    assert asyncpg_dsn(url).startswith("postgresql://trader:s3cret@")
+
+
+def test_cli_reports_unreachable_database_without_password(tmp_path: Path):
+    done = subprocess.run(
+        [sys.executable, "-m", "stock_pipeline.cli", "db", "current"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "STOCK_PIPELINE_DATABASE_URL": "postgresql://trader:s3cret@127.0.0.1:1/market",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "cannot reach the warehouse database at postgresql://trader:***@127.0.0.1:1" in (
+        done.stderr
+    )
+    assert "s3cret" not in done.stderr + done.stdout
