@@ -89,7 +89,12 @@ def test_malformed_value_raises_naming_api_code_field_value(field: str, value: s
     assert KLINE in message and "sh.600004" in message
     assert f"{field}={value!r}" in message
     [problem] = caught.value.problems
-    assert (problem.key, problem.field, problem.value, problem.row) == ("sh.600004", field, value, 1)
+    assert (problem.key, problem.field, problem.value, problem.row) == (
+        "sh.600004",
+        field,
+        value,
+        1,
+    )
 
 
 def test_by_key_rejects_only_the_rows_of_the_bad_code() -> None:
