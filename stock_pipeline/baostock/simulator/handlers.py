@@ -1,0 +1,207 @@
+"""What each BaoStock query returns: request parameters in, rows of strings out (no I/O).
+
+A handler gets the request's parameters (the body after method, user_id, page, per_page) and
+returns every row of the result; the server pages them. Field lists come from `apis.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from .. import apis
+from . import protocol as p
+from .market import Market
+
+CODE_RE = re.compile(r"^(sh|sz)\.\d{6}$")
+FREQUENCIES = {"d", "w", "m"}
+MINUTE_FREQUENCIES = {"5", "15", "30", "60"}
+ADJUSTFLAGS = {"1", "2", "3"}
+
+
+class ApiError(Exception):
+    """A request the real service would refuse: carries BaoStock's error code."""
+
+    def __init__(self, code: str, message: str | None = None) -> None:
+        super().__init__(message or p.ERROR_MESSAGES.get(code, "error"))
+        self.code = code
+        self.message = message or p.ERROR_MESSAGES.get(code, "error")
+
+
+@dataclass
+class Result:
+    """All rows of a query plus what the response echoes after the record JSON."""
+
+    rows: list[list[str]]
+    echo: list[str]  # request parameters echoed back, then the field list (see each parser)
+
+
+Handler = Callable[[Market, tuple[str, ...]], Result]
+
+
+def fields_csv(api_name: str) -> str:
+    return ",".join(apis.api(api_name).field_names)
+
+
+def parse_date(text: str, code: str = p.DATE_ERROR) -> date:
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise ApiError(code) from None
+
+
+def parse_range(start: str, end: str, default_start: date, default_end: date) -> tuple[date, date]:
+    lo = parse_date(start, p.START_DATE_ERROR) if start else default_start
+    hi = parse_date(end, p.END_DATE_ERROR) if end else default_end
+    if hi < lo:
+        raise ApiError(p.START_AFTER_END)
+    return lo, hi
+
+
+def check_code(market: Market, code: str) -> str:
+    code = code.strip().lower()
+    if not CODE_RE.match(code) or code not in market.listings:
+        raise ApiError(p.CODE_INVALID, f"无效的证券代码：{code}")
+    return code
+
+
+def param(params: tuple[str, ...], i: int) -> str:
+    return params[i] if i < len(params) else ""
+
+
+# ----- metadata ----------------------------------------------------------------------------------
+
+
+def trade_dates(market: Market, params: tuple[str, ...]) -> Result:
+    start, end = param(params, 0), param(params, 1)
+    lo, hi = parse_range(start, end, date(2015, 1, 1), market.end)
+    rows = []
+    day = lo
+    while day <= hi:
+        rows.append([day.isoformat(), "1" if market.is_trading_day(day) else "0"])
+        day += timedelta(days=1)
+    return Result(rows, [start, end, fields_csv("query_trade_dates")])
+
+
+def all_stock(market: Market, params: tuple[str, ...]) -> Result:
+    day_text = param(params, 0)
+    day = parse_date(day_text) if day_text else market.end
+    rows: list[list[str]] = []
+    if market.is_trading_day(day):
+        codes = [c for c in market.index_codes() if market.listings[c].ipo <= day]
+        codes += market.codes(day)
+        for code in sorted(codes):
+            status = "1" if market.is_traded(code, day) else "0"
+            rows.append([code, status, market.listings[code].name])
+    return Result(rows, [day_text, fields_csv("query_all_stock")])
+
+
+def stock_basic(market: Market, params: tuple[str, ...]) -> Result:
+    code, name = param(params, 0).strip().lower(), param(params, 1).strip()
+    if code and not CODE_RE.match(code):
+        raise ApiError(p.CODE_INVALID)
+    known = [code] if code in market.listings else []
+    candidates = known if code else sorted(market.listings)
+    rows = []
+    for c in candidates:
+        lst = market.listings[c]
+        if name and name not in lst.name:
+            continue
+        delisted = lst.out is not None and lst.out <= market.end
+        rows.append(
+            [
+                c,
+                lst.name,
+                lst.ipo.isoformat(),
+                lst.out.isoformat() if lst.out else "",
+                "2" if lst.is_index else "1",
+                "0" if delisted else "1",
+            ]
+        )
+    return Result(rows, [param(params, 0), param(params, 1), fields_csv("query_stock_basic")])
+
+
+# ----- k lines -----------------------------------------------------------------------------------
+
+
+def history_k(market: Market, params: tuple[str, ...]) -> Result:
+    code_text, fields_text, start, end, frequency, adjustflag = (param(params, i) for i in range(6))
+    code = check_code(market, code_text)
+    if frequency in MINUTE_FREQUENCIES:
+        raise ApiError(p.PARAM_ERROR, "模拟服务器不提供分钟线数据（frequency=5/15/30/60）。")
+    if frequency not in FREQUENCIES:
+        raise ApiError(p.PARAM_ERROR, f"数据类型（frequency）错误：{frequency}")
+    if adjustflag not in ADJUSTFLAGS:
+        raise ApiError(p.PARAM_ERROR, f"复权类型（adjustflag）错误：{adjustflag}")
+    lo, hi = parse_range(start, end, date(2015, 1, 1), market.end)
+    names = [f.strip() for f in fields_text.split(",")]
+    is_index = market.listings[code].is_index
+    allowed = apis.K_DAILY_FIELDS if frequency == "d" else apis.K_PERIOD_FIELDS
+    allowed_names = {f.name for f in allowed}
+    for name in names:
+        if name not in allowed_names:
+            raise ApiError(p.FIELD_INVALID, f"无效的指标：{name}")
+    if len(set(names)) != len(names):
+        raise ApiError(p.FIELD_REPEATED)
+    if is_index:
+        cols = (
+            market.daily_columns(code, lo, hi, "3")
+            if frequency == "d"
+            else market.period_columns(code, lo, hi, frequency, "3")
+        )
+        cols["adjustflag"] = [adjustflag] * len(cols["date"])
+    elif frequency == "d":
+        cols = market.daily_columns(code, lo, hi, adjustflag)
+    else:
+        cols = market.period_columns(code, lo, hi, frequency, adjustflag)
+    rows = [list(r) for r in zip(*(cols[n] for n in names), strict=True)]
+    return Result(rows, [code_text, fields_text, start, end, frequency, adjustflag])
+
+
+def adjust_factor(market: Market, params: tuple[str, ...]) -> Result:
+    code = check_code(market, param(params, 0))
+    lo, hi = parse_range(param(params, 1), param(params, 2), date(2015, 1, 1), market.end)
+    rows = [
+        [f.code, f.ex_date.isoformat(), f"{f.fore:.6f}", f"{f.back:.6f}", f"{f.back:.6f}"]
+        for f in market.adjust_factors(code, lo, hi)
+    ]
+    echo = [param(params, 0), param(params, 1), param(params, 2), fields_csv("query_adjust_factor")]
+    return Result(rows, echo)
+
+
+def daily_all_stocks(market: Market, params: tuple[str, ...]) -> Result:
+    """query_daily_history_k_AStock: one day, every stock, all daily fields, not paged."""
+    day = parse_date(param(params, 0))
+    names = [f.name for f in apis.K_DAILY_FIELDS]
+    rows: list[list[str]] = []
+    for code in market.codes(day):
+        cols = market.daily_columns(code, day, day, "3")
+        rows.extend(list(r) for r in zip(*(cols[n] for n in names), strict=True))
+    return Result(rows, [",".join(names)])
+
+
+def daily_adjust_factors(market: Market, params: tuple[str, ...]) -> Result:
+    """query_daily_adjust_factor: factors of every stock with an ex-right on that day."""
+    day = parse_date(param(params, 0))
+    rows = []
+    for code in market.codes(day):
+        for f in market.adjust_factors(code, day, day):
+            rows.append(
+                [f.code, f.ex_date.isoformat(), f"{f.fore:.6f}", f"{f.back:.6f}", f"{f.back:.6f}"]
+            )
+    return Result(rows, [fields_csv("query_adjust_factor")])
+
+
+HANDLERS: dict[str, Handler] = {
+    "query_trade_dates": trade_dates,
+    "query_all_stock": all_stock,
+    "query_stock_basic": stock_basic,
+    "query_history_k_data_plus": history_k,
+    "query_adjust_factor": adjust_factor,
+    "query_daily_history_k_AStock": daily_all_stocks,
+    "query_daily_adjust_factor": daily_adjust_factors,
+}
+# Methods whose body has no page / per_page fields and whose reply is not paged.
+UNPAGED = {"query_daily_history_k_AStock", "query_daily_adjust_factor"}

@@ -1,0 +1,319 @@
+"""The BaoStock simulator driven by the unmodified baostock client over TCP (no mocks).
+
+The baostock module keeps one socket per process in module globals, so these tests use it
+serially through the `bs` fixture, which logs in against a module-wide simulator.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from datetime import date, timedelta
+
+import baostock
+import baostock.common.contants as bs_constants
+import pytest
+
+from stock_pipeline.baostock import apis
+from stock_pipeline.baostock.endpoint import point_client_at
+from stock_pipeline.baostock.simulator import (
+    CODE_INVALID,
+    FIELD_INVALID,
+    NO_LOGIN,
+    PARAM_ERROR,
+    SimulatorConfig,
+    SimulatorServer,
+)
+from stock_pipeline.baostock.simulator import protocol as proto
+
+DAILY = ",".join(f.name for f in apis.K_DAILY_FIELDS)
+PERIOD = ",".join(f.name for f in apis.K_PERIOD_FIELDS)
+INDEX = ",".join(f.name for f in apis.K_INDEX_FIELDS)
+CONFIG = SimulatorConfig(seed=11, n_codes=1000)
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatorServer]:
+    with SimulatorServer(CONFIG, port=0) as server:
+        yield server
+
+
+@pytest.fixture
+def bs(sim: SimulatorServer) -> Iterator[object]:
+    """The baostock module, logged in to the simulator."""
+    point_client_at(sim.host, sim.port)
+    login = baostock.login()
+    assert login.error_code == "0", login.error_msg
+    yield baostock
+    baostock.logout()
+
+
+def drain(rs: object) -> list[list[str]]:
+    """All rows of a result, across pages (get_data() is broken with pandas >= 2)."""
+    assert rs.error_code == "0", (rs.error_code, rs.error_msg)
+    rows = []
+    while rs.next():
+        rows.append(rs.get_row_data())
+    return rows
+
+
+def raw_request(sim: SimulatorServer, requests: list[tuple[str, list[str]]], timeout: float = 5.0):
+    """Send requests on one fresh socket; returns decoded (type, body) replies, or the error."""
+    replies = []
+    with socket.create_connection((sim.host, sim.port), timeout=timeout) as sock:
+        for msg_type, body in requests:
+            sock.sendall(proto.encode_request(msg_type, body))
+            data = b""
+            while not data.endswith(proto.TERMINATOR):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionResetError("server closed the connection")
+                data += chunk
+            replies.append(proto.decode_response(data))
+    return replies
+
+
+# ----- protocol and sessions ---------------------------------------------------------------------
+
+
+def test_framing_round_trip() -> None:
+    body = ["0", "success", "query_history_k_data_plus", "u", "1", "2000", '{"record":[]}', "x"]
+    for msg_type in ("96", "34"):
+        frame = proto.encode_response(msg_type, body)
+        assert frame.endswith(proto.TERMINATOR)
+        assert frame[:21].decode().split("\x01")[0] == "00.9.40"
+        assert proto.decode_response(frame) == (msg_type, body)
+    request = proto.encode_request("33", ["query_trade_dates", "u", "1", "2000", "", ""])
+    assert proto.decode_request(request).method == "query_trade_dates"
+    with pytest.raises(proto.ProtocolError):
+        proto.decode_request(request.replace(b"2000", b"2001"))
+
+
+def test_login_logout_and_bad_password(sim: SimulatorServer) -> None:
+    point_client_at(sim.host, sim.port)
+    assert baostock.login().error_code == "0"
+    assert baostock.logout().error_code == "0"
+    bad = baostock.login("baduser", "whatever")
+    assert bad.error_code == "10001002"
+    baostock.logout()
+
+
+def test_not_logged_in_is_refused(sim: SimulatorServer) -> None:
+    ((msg_type, body),) = raw_request(
+        sim, [("33", ["query_trade_dates", "anonymous", "1", "2000", "2024-01-01", "2024-01-31"])]
+    )
+    assert msg_type == "34"
+    assert body[0] == NO_LOGIN
+
+
+# ----- calendar and metadata ---------------------------------------------------------------------
+
+
+def test_trade_dates_have_no_weekends_and_a_spring_festival_gap(bs) -> None:
+    rows = drain(bs.query_trade_dates("2024-01-01", "2024-12-31"))
+    assert len(rows) == 366
+    open_days = [date.fromisoformat(d) for d, flag in rows if flag == "1"]
+    assert all(d.weekday() < 5 for d in open_days)
+    assert 235 <= len(open_days) <= 250
+    gaps = [(b - a).days for a, b in zip(open_days, open_days[1:], strict=False)]
+    assert max(gaps) >= 8  # Spring Festival week (plus weekends)
+    assert not any(date(2024, 10, 1) <= d <= date(2024, 10, 7) for d in open_days)
+
+
+def test_all_stock_and_stock_basic(bs, sim: SimulatorServer) -> None:
+    day = date(2024, 3, 1)
+    rows = drain(bs.query_all_stock(day.isoformat()))
+    codes = [r[0] for r in rows]
+    assert codes == sorted(codes)
+    assert set(sim.market.codes(day)) <= set(codes)
+    assert set(apis.INDEX_CODES) <= set(codes)
+    assert {r[1] for r in rows} <= {"0", "1"}
+    assert drain(bs.query_all_stock("2024-02-10")) == []  # Spring Festival: closed
+    basic = drain(bs.query_stock_basic("sh.600000"))
+    assert basic[0][0] == "sh.600000" and basic[0][4] == "1" and basic[0][5] == "1"
+    everything = drain(bs.query_stock_basic())
+    assert len(everything) == CONFIG.n_codes + len(apis.INDEX_CODES)
+    delisted = [r for r in everything if r[5] == "0"]
+    assert delisted and all(r[3] for r in delisted)
+
+
+# ----- k lines -----------------------------------------------------------------------------------
+
+
+def test_daily_bars_match_market_and_span_pages(bs, sim: SimulatorServer) -> None:
+    old = bs_constants.BAOSTOCK_PER_PAGE_COUNT
+    bs_constants.BAOSTOCK_PER_PAGE_COUNT = 300
+    try:
+        rows = drain(bs.query_history_k_data_plus("sh.600000", DAILY, "2015-01-01", "2019-12-31"))
+    finally:
+        bs_constants.BAOSTOCK_PER_PAGE_COUNT = old
+    expected = sim.market.daily_bars("sh.600000", date(2015, 1, 1), date(2019, 12, 31))
+    assert len(rows) > 1000  # four pages of 300
+    assert rows == [list(r.values()) for r in expected]
+    days = sim.market.trading_days(date(2015, 1, 1), date(2019, 12, 31))
+    assert [r[0] for r in rows] == [d.isoformat() for d in days]
+
+
+def test_default_page_size_is_2000(bs) -> None:
+    rs = bs.query_history_k_data_plus("sh.600000", "date,close", "2010-01-01", "2026-12-31")
+    assert rs.per_page_count == "2000" and len(rs.data) == 2000
+    assert len(drain(rs)) > 4000
+
+
+def test_requested_fields_only(bs) -> None:
+    rs = bs.query_history_k_data_plus("sz.000001", "close, date", "2024-01-02", "2024-01-05")
+    rows = drain(rs)
+    assert rs.fields == ["close", "date"]
+    assert all(len(r) == 2 and r[1].startswith("2024-01") for r in rows)
+
+
+def test_adjusted_series_match_adjust_factors(bs, sim: SimulatorServer) -> None:
+    code = next(
+        c
+        for c in sim.market.all_codes()
+        if len(sim.market.adjust_factors(c, date(2010, 1, 1), date(2026, 12, 31))) >= 3
+    )
+    factors = drain(bs.query_adjust_factor(code, "1990-01-01", "2026-12-31"))
+    assert len(factors) >= 3
+    raw = drain(
+        bs.query_history_k_data_plus(code, "date,close,tradestatus", "2010-01-01", "2026-12-31")
+    )
+    hfq = drain(
+        bs.query_history_k_data_plus(code, "date,close", "2010-01-01", "2026-12-31", "d", "1")
+    )
+    qfq = drain(
+        bs.query_history_k_data_plus(code, "date,close", "2010-01-01", "2026-12-31", "d", "2")
+    )
+    last_back = float(factors[-1][3])
+    checked = 0
+    for (day, close, status), (_, h), (_, q) in zip(raw, hfq, qfq, strict=True):
+        if status == "0":
+            assert close == h == q == ""
+            continue
+        in_force = [f for f in factors if f[1] <= day]
+        back = float(in_force[-1][3]) if in_force else 1.0
+        fore = float(in_force[-1][2]) if in_force else round(1 / last_back, 6)
+        assert abs(float(h) - round(float(close) * back, 4)) <= 1e-4
+        assert abs(float(q) - round(float(close) * fore, 4)) <= 1e-4
+        checked += 1
+    assert checked > 1000
+
+
+def test_ex_right_preclose_and_limits(sim: SimulatorServer) -> None:
+    market = sim.market
+    seen = {"suspended": 0, "limit_up": 0, "st": 0, "ex": 0}
+    for code in market.all_codes()[:150]:
+        bars = market.daily_bars(code, date(2010, 1, 1), date(2026, 12, 31))
+        ex_days = {a.ex_date.isoformat(): a for a in market.corporate_actions(code)}
+        prev_close = None
+        for bar in bars:
+            if bar["tradestatus"] == "0":
+                seen["suspended"] += 1
+                for name in ("open", "high", "low", "close", "volume", "amount", "pctChg"):
+                    assert bar[name] == ""
+                continue
+            pre = round(float(bar["preclose"]) * 100)
+            close = round(float(bar["close"]) * 100)
+            high, low = round(float(bar["high"]) * 100), round(float(bar["low"]) * 100)
+            assert low <= min(close, round(float(bar["open"]) * 100)) <= high
+            if prev_close is not None and bar["date"] not in ex_days:
+                assert pre == prev_close
+            if bar["date"] in ex_days:
+                seen["ex"] += 1
+                assert pre < prev_close
+            pct = 5 if bar["isST"] == "1" else (20 if code[3:5] in ("68", "30") else 10)
+            if code.startswith("sz.30") and bar["date"] < "2020-08-24" and bar["isST"] == "0":
+                pct = 10
+            is_ipo_day = prev_close is None and market.listings[code].ipo >= market.start
+            if not is_ipo_day:
+                assert close <= (pre * (100 + pct) + 50) // 100
+                assert close >= (pre * (100 - pct) + 50) // 100
+                seen["limit_up"] += close == (pre * (100 + pct) + 50) // 100
+            seen["st"] += bar["isST"] == "1"
+            prev_close = close
+    assert all(v > 0 for v in seen.values()), seen
+
+
+def test_weekly_and_monthly_bars(bs, sim: SimulatorServer) -> None:
+    weekly = drain(
+        bs.query_history_k_data_plus("sh.600000", PERIOD, "2024-01-01", "2024-03-31", "w")
+    )
+    monthly = drain(
+        bs.query_history_k_data_plus("sh.600000", PERIOD, "2024-01-01", "2024-03-31", "m")
+    )
+    daily = sim.market.daily_bars("sh.600000", date(2024, 1, 1), date(2024, 3, 31))
+    traded = [d for d in daily if d["tradestatus"] == "1"]
+    assert len(monthly) == 3 and 11 <= len(weekly) <= 14
+    jan = [d for d in traded if d["date"] < "2024-02-01"]
+    row = dict(zip(PERIOD.split(","), monthly[0], strict=True))
+    assert row["date"] == jan[-1]["date"] and row["open"] == jan[0]["open"]
+    assert row["close"] == jan[-1]["close"]
+    assert float(row["high"]) == max(float(d["high"]) for d in jan)
+    assert int(row["volume"]) == sum(int(d["volume"]) for d in jan)
+    rs = bs.query_history_k_data_plus("sh.600000", "date,peTTM", "2024-01-01", "2024-03-31", "w")
+    assert rs.error_code == FIELD_INVALID
+
+
+def test_index_moves_with_members(bs, sim: SimulatorServer) -> None:
+    rows = drain(bs.query_history_k_data_plus("sh.000300", INDEX, "2020-01-01", "2020-12-31"))
+    assert len(rows) == len(sim.market.trading_days(date(2020, 1, 1), date(2020, 12, 31)))
+    members = sim.market.index_members("sh.000300", date(2020, 7, 1))
+    assert len(members) == 300
+    day_pct = {}
+    for code in members:
+        for bar in sim.market.daily_bars(code, date(2020, 7, 1), date(2020, 7, 31)):
+            if bar["tradestatus"] == "1":
+                day_pct.setdefault(bar["date"], []).append(float(bar["pctChg"]))
+    index_pct = {r[0]: float(r[-1]) for r in rows}
+    agree = sum(
+        (index_pct[d] > 0) == (sum(v) / len(v) > 0)
+        for d, v in day_pct.items()
+        if abs(sum(v) / len(v)) > 0.3
+    )
+    assert agree >= 0.9 * sum(1 for v in day_pct.values() if abs(sum(v) / len(v)) > 0.3)
+    cons = drain(bs.query_hs300_stocks("2020-07-01"))
+    assert sorted(r[1] for r in cons) == members
+
+
+def test_error_codes(bs) -> None:
+    def err(rs: object) -> str:
+        return rs.error_code
+
+    assert (
+        err(bs.query_history_k_data_plus("sh.699998", "date", "2024-01-01", "2024-01-05"))
+        == CODE_INVALID
+    )
+    assert (
+        err(bs.query_history_k_data_plus("sh.600000", "date,nope", "2024-01-01", "2024-01-05"))
+        == FIELD_INVALID
+    )
+    assert (
+        err(bs.query_history_k_data_plus("sh.600000", "date", "2024-01-01", "2024-01-05", "q"))
+        == PARAM_ERROR
+    )
+    assert (
+        err(bs.query_history_k_data_plus("sh.600000", "date", "2024-01-01", "2024-01-05", "d", "7"))
+        == PARAM_ERROR
+    )
+    assert err(bs.query_adjust_factor("sh.699998")) == CODE_INVALID
+    # The client rejects a bad date itself (returns None); the server does too for raw requests.
+    assert bs.query_history_k_data_plus("sh.600000", "date", "2024-13-01", "2024-01-05") is None
+    assert err(bs.query_all_stock("2024-02-30")) == "10004010"
+
+
+def test_market_is_deterministic() -> None:
+    a = CONFIG.make_market()
+    b = CONFIG.make_market()
+    assert a.all_codes() == b.all_codes()
+    code = a.all_codes()[123]
+    assert a.daily_bars(code, date(2012, 1, 1), date(2013, 1, 1)) == b.daily_bars(
+        code, date(2012, 1, 1), date(2013, 1, 1)
+    )
+    one_day = a.daily_bars(code, date(2012, 6, 1), date(2012, 6, 1) + timedelta(days=3))
+    assert one_day == [
+        r
+        for r in b.daily_bars(code, date(2012, 1, 1), date(2013, 1, 1))
+        if "2012-06-01" <= r["date"] <= "2012-06-04"
+    ]
+    other_seed = SimulatorConfig(seed=12, n_codes=1000).make_market()
+    assert other_seed.all_codes() != a.all_codes()
