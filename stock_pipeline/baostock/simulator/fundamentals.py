@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import lru_cache
 
 import numpy as np
 
@@ -42,18 +43,37 @@ def _deadline_window(year: int, quarter: int) -> tuple[date, date]:
     return date(year + 1, 1, 15), date(year + 1, 4, 30)
 
 
-def publication_date(year: int, quarter: int, lateness: float) -> date:
-    """Publication date of a report: `lateness` in [0, 1] places it between the earliest usual
-    date and the legal deadline (then moved back to a trading day)."""
-    lo, hi = _deadline_window(year, quarter)
-    frac = min(1.0, max(0.0, lateness))
-    return _previous_trading_day(lo + timedelta(days=round(frac * (hi - lo).days)))
+# Report ids (year * 4 + quarter - 1) covered by publication tables: 1990 Q1 .. 2049 Q4.
+REPORT_ID_BASE = 1990 * 4
+REPORT_ID_SPAN = 60 * 4
 
 
-def _previous_trading_day(day: date) -> date:
-    while not is_trading_day(day):
-        day -= timedelta(days=1)
-    return day
+@lru_cache(maxsize=1)
+def _publication_windows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per report id: earliest and latest publication ordinals; sorted trading-day ordinals."""
+    lo, hi = [], []
+    for rid in range(REPORT_ID_SPAN):
+        year, quarter = divmod(REPORT_ID_BASE + rid, 4)
+        first, last = _deadline_window(year, quarter + 1)
+        lo.append(first.toordinal())
+        hi.append(last.toordinal())
+    first_day = date(REPORT_ID_BASE // 4, 1, 1)
+    days = [first_day + timedelta(days=i) for i in range(365 * 62)]
+    trading = np.array([d.toordinal() for d in days if is_trading_day(d)], dtype=np.int64)
+    return np.array(lo), np.array(hi), trading
+
+
+def publication_ordinals(lateness: np.ndarray) -> np.ndarray:
+    """Publication ordinal of every report id, given each report's lateness in [0, 1].
+
+    Lateness places a report between the earliest usual date and the legal deadline; the date
+    moves back to a trading day, and never before the previous report's (an annual report that
+    comes late is published together with the next Q1 report).
+    """
+    lo, hi, trading = _publication_windows()
+    wanted = lo + np.round(lateness * (hi - lo)).astype(np.int64)
+    snapped = trading[np.searchsorted(trading, wanted, side="right") - 1]
+    return np.maximum.accumulate(snapped)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from .. import apis
+from . import macro, reports
 from . import protocol as p
 from .market import Market
 
@@ -194,7 +195,145 @@ def daily_adjust_factors(market: Market, params: tuple[str, ...]) -> Result:
     return Result(rows, [fields_csv("query_adjust_factor")])
 
 
+# ----- statements and corporate actions ---------------------------------------------------------
+
+
+def _year(text: str) -> int:
+    if not text.isdigit() or len(text) != 4:
+        raise ApiError(p.PARAM_ERROR, f"年份输入有误：{text}")
+    return int(text)
+
+
+def _quarterly(api_name: str) -> Handler:
+    def handler(market: Market, params: tuple[str, ...]) -> Result:
+        code = check_code(market, param(params, 0))
+        year = _year(param(params, 1))
+        quarter_text = param(params, 2)
+        if quarter_text not in ("1", "2", "3", "4"):
+            raise ApiError(p.PARAM_ERROR, "季度填写错误，请检查。填写范围：1，2，3，4")
+        rows = reports.quarterly_rows(market, api_name, code, year, int(quarter_text))
+        return Result(rows, [*params[:3], fields_csv(api_name)])
+
+    handler.__name__ = api_name
+    return handler
+
+
+def dividend(market: Market, params: tuple[str, ...]) -> Result:
+    code = check_code(market, param(params, 0))
+    year = _year(param(params, 1))
+    year_type = param(params, 2)
+    if year_type not in ("report", "operate"):
+        raise ApiError(p.PARAM_ERROR, "年份类别输入有误，请修改（report 或 operate）。")
+    rows = reports.dividend_rows(market, code, year, year_type)
+    return Result(rows, [*params[:3], fields_csv("query_dividend_data")])
+
+
+def _dated_reports(api_name: str, build: Callable[..., list[list[str]]]) -> Handler:
+    def handler(market: Market, params: tuple[str, ...]) -> Result:
+        code = check_code(market, param(params, 0))
+        lo, hi = parse_range(param(params, 1), param(params, 2), date(2015, 1, 1), market.end)
+        return Result(build(market, code, lo, hi), [*params[:3], fields_csv(api_name)])
+
+    handler.__name__ = api_name
+    return handler
+
+
+def industry(market: Market, params: tuple[str, ...]) -> Result:
+    code_text, day_text = param(params, 0), param(params, 1)
+    code = check_code(market, code_text) if code_text else ""
+    day = parse_date(day_text) if day_text else market.end
+    rows = reports.industry_rows(market, code, day)
+    return Result(rows, [code_text, day_text, fields_csv("query_stock_industry")])
+
+
+def _constituents(api_name: str, index: str) -> Handler:
+    def handler(market: Market, params: tuple[str, ...]) -> Result:
+        day_text = param(params, 0)
+        day = parse_date(day_text) if day_text else market.end
+        return Result(
+            reports.constituent_rows(market, index, day), [day_text, fields_csv(api_name)]
+        )
+
+    handler.__name__ = api_name
+    return handler
+
+
+# ----- macro -------------------------------------------------------------------------------------
+
+
+def _optional_range(params: tuple[str, ...]) -> tuple[date, date]:
+    return parse_range(param(params, 0), param(params, 1), date.min, date.max)
+
+
+def deposit_rate(market: Market, params: tuple[str, ...]) -> Result:
+    lo, hi = _optional_range(params)
+    rows = macro.deposit_rows(market.seed, market.end, lo, hi)
+    return Result(rows, [*params[:2], fields_csv("query_deposit_rate_data")])
+
+
+def loan_rate(market: Market, params: tuple[str, ...]) -> Result:
+    lo, hi = _optional_range(params)
+    rows = macro.loan_rows(market.seed, market.end, lo, hi)
+    return Result(rows, [*params[:2], fields_csv("query_loan_rate_data")])
+
+
+def reserve_ratio(market: Market, params: tuple[str, ...]) -> Result:
+    lo, hi = _optional_range(params)
+    year_type = param(params, 2)
+    if year_type not in ("0", "1"):
+        raise ApiError(p.PARAM_ERROR, "年份类别输入有误：0 公告日期，1 生效日期。")
+    rows = macro.reserve_rows(market.seed, market.end, lo, hi, by_effective=year_type == "1")
+    return Result(rows, [*params[:3], fields_csv("query_required_reserve_ratio_data")])
+
+
+def _year_month(text: str, code: str, default: tuple[int, int]) -> tuple[int, int]:
+    if not text:
+        return default
+    try:
+        parsed = datetime.strptime(text, "%Y-%m")
+    except ValueError:
+        raise ApiError(code) from None
+    return parsed.year, parsed.month
+
+
+def money_supply_month(market: Market, params: tuple[str, ...]) -> Result:
+    lo = _year_month(param(params, 0), p.START_DATE_ERROR, (0, 0))
+    hi = _year_month(param(params, 1), p.END_DATE_ERROR, (9999, 12))
+    if hi < lo:
+        raise ApiError(p.START_AFTER_END)
+    rows = macro.money_month_rows(market.seed, market.end, lo, hi)
+    return Result(rows, [*params[:2], fields_csv("query_money_supply_data_month")])
+
+
+def money_supply_year(market: Market, params: tuple[str, ...]) -> Result:
+    texts = param(params, 0), param(params, 1)
+    for text, code in zip(texts, (p.START_DATE_ERROR, p.END_DATE_ERROR), strict=True):
+        if text and not (text.isdigit() and len(text) == 4):
+            raise ApiError(code)
+    lo = int(texts[0]) if texts[0] else 0
+    hi = int(texts[1]) if texts[1] else 9999
+    if hi < lo:
+        raise ApiError(p.START_AFTER_END)
+    rows = macro.money_year_rows(market.seed, market.end, lo, hi)
+    return Result(rows, [*params[:2], fields_csv("query_money_supply_data_year")])
+
+
 HANDLERS: dict[str, Handler] = {
+    **{name: _quarterly(name) for name in reports.QUARTERLY},
+    "query_dividend_data": dividend,
+    "query_performance_express_report": _dated_reports(
+        "query_performance_express_report", reports.express_rows
+    ),
+    "query_forecast_report": _dated_reports("query_forecast_report", reports.forecast_rows),
+    "query_stock_industry": industry,
+    "query_hs300_stocks": _constituents("query_hs300_stocks", "hs300"),
+    "query_sz50_stocks": _constituents("query_sz50_stocks", "sz50"),
+    "query_zz500_stocks": _constituents("query_zz500_stocks", "zz500"),
+    "query_deposit_rate_data": deposit_rate,
+    "query_loan_rate_data": loan_rate,
+    "query_required_reserve_ratio_data": reserve_ratio,
+    "query_money_supply_data_month": money_supply_month,
+    "query_money_supply_data_year": money_supply_year,
     "query_trade_dates": trade_dates,
     "query_all_stock": all_stock,
     "query_stock_basic": stock_basic,

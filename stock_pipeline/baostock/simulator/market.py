@@ -37,7 +37,17 @@ import numpy as np
 
 from ..apis import INDEX_CODES, K_DAILY_FIELDS, K_PERIOD_FIELDS
 from .calendar import is_trading_day, trading_day_array
-from .fundamentals import Fundamentals, build_fundamentals, publication_date
+from .fundamentals import (
+    REPORT_ID_BASE as _REPORT_ID_BASE,
+)
+from .fundamentals import (
+    REPORT_ID_SPAN as _REPORT_ID_SPAN,
+)
+from .fundamentals import (
+    Fundamentals,
+    build_fundamentals,
+    publication_ordinals,
+)
 
 DEFAULT_START = date(2010, 1, 1)
 DEFAULT_END = date(2026, 12, 31)
@@ -307,8 +317,7 @@ class Market:
         self._fundamentals = _Lru(cache_size)
         self._valuation_tables = _Lru(cache_size)
         self._member_cache: dict[tuple[str, date], list[str]] = {}
-        self._report_habits: dict[str, np.ndarray] = {}
-        self._report_dates: dict[str, dict[tuple[int, int], date]] = {}
+        self._report_tables: dict[str, np.ndarray] = {}
 
     # ----- calendar -----------------------------------------------------------------------------
 
@@ -502,22 +511,23 @@ class Market:
     ) -> list[tuple[int, int, float, float, float]]:
         """Planned (report_year, listed-day index, cash, stocks, reserve) before price checks."""
         rng = np.random.default_rng((self.seed, code_id(lst.code), 3))
-        out = []
-        first_year = max(lst.ipo.year, self.start.year - 1)
-        for year in range(first_year, self.end.year):
-            draw = rng.random(6)
-            target = date(year + 1, 6, 1) + timedelta(days=int(draw[0] * 60))
-            if draw[1] > 0.75 or target > self.end:
-                continue
-            g = int(np.searchsorted(self._grid_ord, target.toordinal()))
-            k = g - prof.first
-            if k < 120 or g > prof.last:
-                continue
-            cash = round(0.02 + draw[2] ** 2 * 0.8, 3)
-            stocks = (0.1, 0.2, 0.3, 0.5)[int(draw[3] * 4)] if draw[4] < 0.1 else 0.0
-            reserve = (0.2, 0.3, 0.5, 1.0)[int(draw[5] * 4)] if draw[5] < 0.12 else 0.0
-            out.append((year, k, cash, stocks, reserve))
-        return out
+        years = np.arange(max(lst.ipo.year, self.start.year - 1), self.end.year)
+        draw = rng.random((len(years), 6))
+        june = np.array([date(int(y) + 1, 6, 1).toordinal() for y in years], dtype=np.int64)
+        target = june + (draw[:, 0] * 60).astype(np.int64)
+        g = np.searchsorted(self._grid_ord, target)
+        k = g - prof.first
+        keep = (draw[:, 1] <= 0.75) & (target <= self.end.toordinal()) & (k >= 120)
+        keep &= g <= prof.last
+        cash = np.round(0.02 + draw[:, 2] ** 2 * 0.8, 3)
+        bonus = np.array([0.1, 0.2, 0.3, 0.5])[(draw[:, 3] * 4).astype(int)]
+        stocks = np.where(draw[:, 4] < 0.1, bonus, 0.0)
+        conversion = np.array([0.2, 0.3, 0.5, 1.0])[np.minimum(3, (draw[:, 5] / 0.03).astype(int))]
+        reserve = np.where(draw[:, 5] < 0.12, conversion, 0.0)
+        return [
+            (int(years[i]), int(k[i]), float(cash[i]), float(stocks[i]), float(reserve[i]))
+            for i in np.flatnonzero(keep).tolist()
+        ]
 
     def _build_series(self, lst: Listing, prof: _Profile) -> _Series:
         rng = np.random.default_rng((self.seed, code_id(lst.code), 2))
@@ -635,6 +645,7 @@ class Market:
     ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, float, float, float]]]:
         """Closes and precloses of traded days: events sequentially, the rest vectorised."""
         m = len(path)
+        path_l, ret_l, lim_l = path.tolist(), ret.tolist(), lim.tolist()
         ev_close: dict[int, int] = {}
         ev_pre: dict[int, int] = {}
         ev_corr: dict[int, float] = {}
@@ -646,7 +657,7 @@ class Market:
             elif j - 1 in ev_close:
                 prev = ev_close[j - 1]
             else:
-                prev = _half_up_int(math.exp(path[j - 1] + corr) * 100)
+                prev = _half_up_int(math.exp(path_l[j - 1] + corr) * 100)
             pre = prev
             if j in ex_pos:
                 year, cash, stocks, reserve = ex_pos[j]
@@ -660,14 +671,14 @@ class Market:
             if j == 0 and prof.ipo_in_window:
                 close = _half_up_int(prof.p0_cents * math.exp(ipo_pop))
             else:
-                close = _half_up_int(pre * math.exp(ret[j]))
-                p = int(lim[j])
+                close = _half_up_int(pre * math.exp(ret_l[j]))
+                p = lim_l[j]
                 close = min(
                     max(close, (pre * (100 - p) + 50) // 100), (pre * (100 + p) + 50) // 100
                 )
             close = max(close, 1)
             ev_close[j], ev_pre[j] = close, pre
-            corr = math.log(close / 100) - path[j]
+            corr = math.log(close / 100) - path_l[j]
             ev_corr[j] = corr
         idx = np.zeros(m, dtype=np.int64)
         ev = np.fromiter(ev_corr, dtype=np.int64)
@@ -695,22 +706,15 @@ class Market:
         Each company has a habit (early or late publisher) plus noise; an annual report never
         comes out after the next year's Q1 report (they are then published together).
         """
-        cache = self._report_dates.setdefault(code, {})
-        hit = cache.get((year, quarter))
-        if hit is not None:
-            return hit
-        habits = self._report_habits.get(code)
-        if habits is None:
+        table = self._report_tables.get(code)
+        if table is None:
             key = self.seed * 1_000_003 + code_id(code) + 0x5EED
-            habits = _normals(key, 1, np.arange(_REPORT_ID_SPAN))[0] * 0.15
-            habits += _uniforms(key, 1, np.array([_REPORT_ID_SPAN]))[0, 0]
-            self._report_habits[code] = habits
-        rid = min(max(year * 4 + quarter - _REPORT_ID_BASE, 0), _REPORT_ID_SPAN - 1)
-        day = publication_date(year, quarter, float(habits[rid]))
-        if quarter == 1:
-            day = max(day, self.report_date(code, year - 1, 4))
-        cache[(year, quarter)] = day
-        return day
+            lateness = _normals(key, 1, np.arange(_REPORT_ID_SPAN))[0] * 0.15
+            lateness += _uniforms(key, 1, np.array([_REPORT_ID_SPAN]))[0, 0]
+            table = publication_ordinals(np.clip(lateness, 0.0, 1.0))
+            self._report_tables[code] = table
+        rid = min(max(year * 4 + quarter - 1 - _REPORT_ID_BASE, 0), _REPORT_ID_SPAN - 1)
+        return date.fromordinal(int(table[rid]))
 
     def fundamentals(self, code: str) -> Fundamentals | None:
         """Quarterly statements of a stock (None for indexes and unknown codes)."""
@@ -753,6 +757,14 @@ class Market:
             return series.total_after[step], series.liqa_after[step]
 
         return shares_at
+
+    def prewarm(self) -> None:
+        """Generate every stock's series, statements and the index levels up front."""
+        for code in self._stock_codes:
+            if self._series_of(code) is not None:
+                self._valuation_table(code)
+        for code in INDEX_CODES:
+            self.index_series(code)
 
     # ----- public per-stock queries -------------------------------------------------------------
 
@@ -1185,10 +1197,6 @@ class Market:
             amount=np.round(amount, 4),
         )
 
-
-# Report ids (year * 4 + quarter) covered by the per-stock publication-habit table.
-_REPORT_ID_BASE = 1990 * 4
-_REPORT_ID_SPAN = 60 * 4
 
 _PERIOD_FIELDS = [f.name for f in K_PERIOD_FIELDS]
 _DAILY_FIELDS = [f.name for f in K_DAILY_FIELDS]

@@ -87,6 +87,7 @@ class SimulatorConfig:
     fault_hook: FaultHook | None = None  # must be picklable for SimulatorProcess
     bad_users: frozenset[str] = frozenset({"baduser"})
     fault_login: bool = False  # random faults also hit login/logout when True
+    prewarm: bool = False  # generate every stock's history before accepting connections
 
     def __post_init__(self) -> None:
         for name in ("slow_rate", "drop_rate", "silent_rate", "error_rate", "blacklist_rate"):
@@ -454,15 +455,19 @@ class SimulatorServer:
         """Start serving on a daemon thread; returns once the port is bound."""
         self._thread = threading.Thread(target=self._run, name="baostock-simulator", daemon=True)
         self._thread.start()
-        self._ready.wait(30)
+        timeout = 900 if self.config.prewarm else 30
+        self._ready.wait(timeout)
         if self._error is not None:
             raise RuntimeError(f"simulator failed to start on {self.endpoint}") from self._error
         if not self._ready.is_set():
-            raise RuntimeError(f"simulator did not start on {self.endpoint} within 30 s")
+            raise RuntimeError(f"simulator did not start on {self.endpoint} within {timeout} s")
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop_event is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop_event.set)
+        """Stop serving (callable from any thread); joins the background thread if any."""
+        if self._loop is not None and self._stop_event is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                self._loop.call_soon_threadsafe(self._stop_event.set)
+        if self._thread is not None:
             self._thread.join(10)
         self._thread = None
 
@@ -486,6 +491,14 @@ class SimulatorServer:
         asyncio.run(main())
 
     async def _serve(self) -> None:
+        if self.config.prewarm:
+            started = time.monotonic()
+            self.market.prewarm()
+            log.info(
+                "[simulator] prewarmed %d codes in %.1fs",
+                self.market.n_codes,
+                time.monotonic() - started,
+            )
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._protocol = _Protocol(self.config, self.market)
@@ -550,7 +563,8 @@ class SimulatorProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        timeout = timeout or (900.0 if self.config.prewarm else 60.0)
         ctx = multiprocessing.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe()
         self._process = ctx.Process(
@@ -562,10 +576,13 @@ class SimulatorProcess:
         self._process.start()
         child_conn.close()
         self._conn = parent_conn
-        if not parent_conn.poll(timeout):
+        try:
+            if not parent_conn.poll(timeout):
+                raise TimeoutError(f"simulator process did not start within {timeout} s")
+            self.port = parent_conn.recv()
+        except (TimeoutError, EOFError) as exc:
             self.stop()
-            raise RuntimeError(f"simulator process did not start within {timeout} s")
-        self.port = parent_conn.recv()
+            raise RuntimeError(f"simulator process failed to start: {exc!r}") from exc
 
     def stop(self) -> None:
         if self._process is None:
