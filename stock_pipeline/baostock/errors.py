@@ -117,6 +117,10 @@ class BlacklistedError(TransientError):
     """BaoStock refused the client as too aggressive: the whole pool pauses before retrying."""
 
 
+class PoolPausedError(BlacklistedError):
+    """Not sent: BaoStock kept refusing the client, so the pool fails fast until its pause ends."""
+
+
 class PoolClosedError(BaostockError):
     """The pool was closed (or is closing) while a request wanted a session."""
 

@@ -1,0 +1,713 @@
+"""BaostockPool: N logged-in BaoStock sessions, one worker process each, used concurrently.
+
+Why processes: the `baostock` client keeps its socket in module globals, so two sessions in one
+process answer each other's requests (see /work/shared/docs/baostock-protocol.md). Each worker
+(`worker.py`) owns one session and serves one request at a time; replies carry the request's
+sequence number, and a worker whose state is in doubt (timeout, cancellation, bad reply) is
+killed and replaced instead of reused. Together that rules out cross-talk.
+
+Around the workers the pool adds what a polite, robust client needs:
+- a token bucket shared by all sessions (`qps`): every message sent to the server counts, logins
+  and extra pages included; a query pays one token up front and its extra messages afterwards;
+- a per-request timeout that kills and replaces the worker behind a dead or silent connection;
+- retries with exponential backoff and full jitter for transient failures, fast failure for
+  permanent ones, and a pool-wide pause after a blacklist reply;
+- session TTL (the worker re-logs in when its session is older than `session_ttl_s`);
+- clean shutdown: every session logged out, every worker joined (or terminated), on errors,
+  cancellation and Ctrl-C too.
+
+Use it as `async with BaostockPool.from_settings(settings) as pool: await pool.query(...)`, or
+through `SyncBaostockPool` from synchronous code such as Dagster assets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import multiprocessing
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
+
+from stock_pipeline.baostock.errors import (
+    BLACKLIST_CODE,
+    BaostockError,
+    BlacklistedError,
+    ConnectionLost,
+    PermanentError,
+    PoolClosedError,
+    PoolPausedError,
+    RequestTimeout,
+    TransientError,
+    from_reply,
+)
+from stock_pipeline.baostock.worker import (
+    BAD_REQUEST,
+    CLIENT_FAILURE,
+    SOCKET_FAILURE,
+    Reply,
+    WorkerConfig,
+    serve,
+)
+from stock_pipeline.settings import Settings
+
+logger = logging.getLogger("stock_pipeline.baostock")
+client_logger = logging.getLogger("stock_pipeline.baostock.client")
+
+T = TypeVar("T")
+
+# Extra time the parent grants a worker beyond its own socket timeout before killing it: the
+# worker usually reports its socket timeout itself and keeps its process.
+_KILL_GRACE_S = 1.0
+_JOIN_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How many sessions, how fast, how patient. Build with `PoolConfig.from_settings()`."""
+
+    endpoint: tuple[str, int] | None = None  # None: BaoStock's own server
+    concurrency: int = 4
+    qps: float = 20.0
+    request_timeout_s: float = 30.0
+    session_ttl_s: float = 3600.0
+    max_retries: int = 3
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    blacklist_backoff_s: float = 60.0
+    page_size: int | None = None  # None keeps the client's 2000 rows per page
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if not self.qps > 0:
+            raise ValueError(f"qps must be > 0, got {self.qps}")
+        if not self.request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> PoolConfig:
+        """The pool configuration from STOCK_PIPELINE_BAOSTOCK_* settings, with overrides."""
+        endpoint = settings.baostock_endpoint
+        config = cls(
+            endpoint=(endpoint.host, endpoint.port) if endpoint else None,
+            concurrency=settings.baostock_concurrency,
+            qps=settings.baostock_qps,
+            request_timeout_s=settings.baostock_request_timeout_s,
+            session_ttl_s=settings.baostock_session_ttl_s,
+            max_retries=settings.baostock_max_retries,
+            backoff_base_s=settings.baostock_backoff_base_s,
+            backoff_max_s=settings.baostock_backoff_max_s,
+            blacklist_backoff_s=settings.baostock_blacklist_backoff_s,
+        )
+        return replace(config, **overrides)
+
+    @property
+    def where(self) -> str:
+        return f"{self.endpoint[0]}:{self.endpoint[1]}" if self.endpoint else "BaoStock"
+
+
+@dataclass
+class QueryResult:
+    """Rows of one request (all pages) as BaoStock sent them: lists of strings, in `fields` order.
+
+    Timings: `pool_wait_s` waiting for a free session, `rate_wait_s` for a rate-limit token,
+    `api_s` in the client (network plus its JSON parsing, all pages), `roundtrip_s` from sending
+    to the worker until its reply was read (api_s plus process hand-over).
+    """
+
+    api: str
+    params: dict[str, Any]
+    fields: list[str]
+    rows: list[list[str]]
+    attempts: int = 1
+    pool_wait_s: float = 0.0
+    rate_wait_s: float = 0.0
+    api_s: float = 0.0
+    roundtrip_s: float = 0.0
+    server_requests: int = 1
+
+
+@dataclass
+class PoolStats:
+    """Counters over the pool's life, for the totals log line and tests."""
+
+    requests: int = 0  # query attempts sent to workers
+    retries: int = 0
+    timeouts: int = 0
+    connection_losses: int = 0
+    blacklist_replies: int = 0
+    workers_started: int = 0
+    workers_killed: int = 0
+    server_requests: int = 0
+    logins: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class TokenBucket:
+    """Requests-per-second limit shared by every session of a pool.
+
+    Capacity is one token: requests are spaced evenly rather than sent in bursts, the polite
+    choice toward a server that blacklists aggressive clients. `debit` charges messages after
+    the fact (extra pages, re-logins); the balance may go negative and later callers wait it
+    off, so the long-run rate holds. `pause` stops everyone (after a blacklist reply).
+    """
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self._tokens = 1.0
+        self._updated = time.monotonic()
+        self._paused_until = 0.0
+        self._lock = asyncio.Lock()  # FIFO: callers get tokens in arrival order
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(1.0, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+
+    async def acquire(self, while_paused: Callable[[], None] | None = None) -> None:
+        """Wait for one token and for any pause to end.
+
+        During a pause `while_paused` is called every quarter second; it may raise to stop
+        waiting (the pool's circuit breaker does, once a blacklist persists).
+        """
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                if now < self._paused_until:
+                    if while_paused is not None:
+                        while_paused()
+                    await asyncio.sleep(min(self._paused_until - now, 0.25))
+                    continue
+                self._refill()
+                if self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    return
+                await asyncio.sleep((1.0 - self._tokens) / self.rate)
+
+    def debit(self, tokens: float) -> None:
+        """Charge messages already sent."""
+        if tokens > 0:
+            self._refill()
+            self._tokens -= tokens
+
+    def pause(self, seconds: float) -> None:
+        """Send nothing for `seconds` (extends, never shortens, a running pause)."""
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    def paused_for(self) -> float:
+        """Seconds left of the current pause (0 when not paused)."""
+        return max(0.0, self._paused_until - time.monotonic())
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """A forkserver context that has baostock (and pandas, which it imports) preloaded.
+
+    Spawning a fresh interpreter costs ~2.5 s of imports per worker; forking from a clean
+    forkserver costs milliseconds, and unlike plain fork it is safe in threaded parents
+    (asyncio executors, Dagster).
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["baostock", "stock_pipeline.baostock.worker"])
+    return ctx
+
+
+class _Worker:
+    """Parent-side handle of one worker process (one BaoStock session)."""
+
+    _start_lock = threading.Lock()  # Process.start() from executor threads, one at a time
+
+    def __init__(self, slot: int, ctx: multiprocessing.context.BaseContext, config: WorkerConfig):
+        self.slot = slot
+        self._ctx = ctx
+        self._config = config
+        self._seq = itertools.count(1)
+        self.conn: Connection | None = None
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.busy = False  # a call is awaiting this worker's reply right now
+        self.pending: int | None = None  # seq of a sent request whose reply was not read
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start_blocking(self) -> None:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(  # type: ignore[attr-defined]
+            target=serve,
+            args=(child_conn, self._config),
+            name=f"baostock-worker-{self.slot}",
+            daemon=True,  # multiprocessing terminates daemons at interpreter exit
+        )
+        with self._start_lock:
+            process.start()
+        child_conn.close()
+        self.conn, self.process, self.pending = parent_conn, process, None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    async def call(self, message: tuple[Any, ...], timeout: float) -> Reply:
+        """Send one message and return its reply; raises TimeoutError, EOFError or OSError.
+
+        If an earlier caller was cancelled mid-request, its reply is still on the way: it is
+        read and discarded first (matched by sequence number), so it can never be taken for
+        this request's answer.
+        """
+        assert self.conn is not None
+        self.busy = True
+        try:
+            async with asyncio.timeout(timeout):
+                if self.pending is not None:
+                    stale = await self._receive()
+                    if stale.seq != self.pending:
+                        raise OSError(f"worker {self.slot}: reply {stale.seq} out of order")
+                    self.pending = None
+                seq = next(self._seq)
+                self.conn.send((message[0], seq, *message[1:]))
+                self.pending = seq
+                reply = await self._receive()
+            if reply.seq != seq:
+                raise OSError(f"worker {self.slot} answered request {reply.seq}, expected {seq}")
+            self.pending = None
+            return reply
+        finally:
+            self.busy = False
+
+    async def _receive(self) -> Reply:
+        conn = self.conn
+        assert conn is not None
+        if not conn.poll():
+            loop = asyncio.get_running_loop()
+            ready = loop.create_future()
+
+            def on_readable() -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            fd = conn.fileno()
+            loop.add_reader(fd, on_readable)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(fd)
+        return conn.recv()  # a whole message: the worker sends it in one go
+
+    def kill(self) -> None:
+        """SIGKILL the process now and reap it: its request and session are abandoned.
+
+        SIGKILL rather than SIGTERM: a wedged (e.g. stopped) process would not act on SIGTERM,
+        and an abandoned session has nothing left to clean up.
+        """
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.is_alive():
+            process.kill()
+        process.join(_JOIN_TIMEOUT_S)
+        if process.exitcode is not None:
+            process.close()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Ask the worker to log out and exit; terminate it if it does not within `timeout`."""
+        if self.conn is not None and self.alive():
+            try:
+                await self.call(("close",), timeout)
+            except (TimeoutError, EOFError, OSError) as exc:
+                logger.debug("worker %s did not close cleanly: %r", self.slot, exc)
+        process = self.process
+        if process is not None:
+            await asyncio.get_running_loop().run_in_executor(None, process.join, _JOIN_TIMEOUT_S)
+        self.kill()
+
+
+class BaostockPool:
+    """Concurrent BaoStock sessions with rate limit, timeouts, retries and clean shutdown."""
+
+    def __init__(self, config: PoolConfig):
+        self.config = config
+        self.stats = PoolStats()
+        self._ctx = _worker_context()
+        self._worker_config = WorkerConfig(
+            endpoint=config.endpoint,
+            socket_timeout_s=config.request_timeout_s,
+            session_ttl_s=config.session_ttl_s,
+            parent_pid=os.getpid(),
+            page_size=config.page_size,
+        )
+        self._workers: list[_Worker] = [
+            _Worker(slot, self._ctx, self._worker_config) for slot in range(config.concurrency)
+        ]
+        self._idle: asyncio.Queue[int] | None = None
+        self._limiter: TokenBucket | None = None
+        self._started = False
+        self._closed = False
+        self._blacklist_streak = 0  # consecutive blacklist replies (reset by any other reply)
+        self._probing = False  # a probe request is testing a tripped breaker
+        # Last resort if close() never runs (e.g. a second Ctrl-C): kill the workers at exit.
+        self._finalizer = weakref.finalize(self, _kill_all, self._workers)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> BaostockPool:
+        """A pool configured from settings; keyword overrides replace PoolConfig fields."""
+        return cls(PoolConfig.from_settings(settings, **overrides))
+
+    @property
+    def concurrency(self) -> int:
+        return self.config.concurrency
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the live worker processes (for tests and diagnostics)."""
+        return [w.pid for w in self._workers if w.pid is not None and w.alive()]
+
+    async def __aenter__(self) -> BaostockPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Start every worker and log each session in; fails if no session can log in."""
+        if self._started:
+            return
+        self._started = True
+        self._idle = asyncio.Queue()
+        self._limiter = TokenBucket(self.config.qps)
+        started = time.perf_counter()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._start_all_blocking)
+            results = await asyncio.gather(
+                *(self._login_with_retries(w) for w in self._workers), return_exceptions=True
+            )
+        except BaseException:
+            await self.close()
+            raise
+        failures = [r for r in results if isinstance(r, BaseException)]
+        permanent = [f for f in failures if isinstance(f, PermanentError)]
+        if permanent or len(failures) == len(self._workers):
+            await self.close()
+            first = (permanent or failures)[0]
+            raise type(first)(
+                f"cannot log in to {self.config.where}: {first}", api="login"
+            ) from first
+        for failure in failures:  # those sessions log in lazily on their first request
+            logger.warning("[baostock] a session failed to log in, will retry: %s", failure)
+        for worker in self._workers:
+            self._idle.put_nowait(worker.slot)
+        logger.info(
+            "[baostock] pool ready: %d sessions at %s, qps=%g, timeout=%gs, %.1fs",
+            self.config.concurrency,
+            self.config.where,
+            self.config.qps,
+            self.config.request_timeout_s,
+            time.perf_counter() - started,
+        )
+
+    def _start_all_blocking(self) -> None:
+        for worker in self._workers:
+            worker.start_blocking()
+            self.stats.workers_started += 1
+
+    async def _login_with_retries(self, worker: _Worker) -> None:
+        assert self._limiter is not None
+        for attempt in range(1, self.config.max_retries + 2):
+            await self._limiter.acquire()
+            try:
+                reply = await worker.call(("login",), self._deadline)
+            except (TimeoutError, EOFError, OSError) as exc:
+                self._kill(worker)
+                await asyncio.get_running_loop().run_in_executor(None, worker.start_blocking)
+                self.stats.workers_started += 1
+                error: BaostockError = TransientError(f"login failed: {exc!r}", api="login")
+            else:
+                self.stats.logins += 1
+                self._log_output(reply)
+                if reply.error_code == "0":
+                    return
+                error = self._error(reply, "login", {})
+            if not error.transient or attempt > self.config.max_retries:
+                raise error
+            await asyncio.sleep(self._backoff(attempt, error))
+
+    @property
+    def _deadline(self) -> float:
+        return self.config.request_timeout_s + _KILL_GRACE_S
+
+    async def query(self, api: str, /, **params: Any) -> QueryResult:
+        """Run one BaoStock `api` call (e.g. "query_history_k_data_plus") with keyword `params`.
+
+        Returns every page's rows. Transient failures are retried up to `max_retries` times with
+        exponential backoff and full jitter; raises PermanentError at once for a bad request,
+        TransientError when the retries are used up, PoolClosedError after close().
+        """
+        attempts = 0
+        pool_wait = rate_wait = 0.0
+        while True:
+            attempts += 1
+            try:
+                result = await self._attempt(api, params)
+            except PoolPausedError:
+                raise  # not sent; retrying during the pause would only queue more work
+            except TransientError as exc:
+                if isinstance(exc, BlacklistedError):
+                    assert self._limiter is not None
+                    self._blacklist_streak += 1
+                    self._limiter.pause(self.config.blacklist_backoff_s)
+                if attempts > self.config.max_retries:
+                    exc.reason = f"{exc.reason} (gave up after {attempts} attempts)"
+                    exc.args = (exc._render(),)
+                    raise
+                delay = self._backoff(attempts, exc)
+                self.stats.retries += 1
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("[baostock] retry %d in %.2fs: %s", attempts, delay, exc)
+                await asyncio.sleep(delay)
+                continue
+            result.attempts = attempts
+            result.pool_wait_s += pool_wait
+            result.rate_wait_s += rate_wait
+            return result
+
+    def _backoff(self, attempt: int, error: BaseException) -> float:
+        """Full-jitter exponential backoff: uniform(0, min(max, base * 2**(attempt-1)))."""
+        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
+        return random.uniform(0.0, ceiling)
+
+    async def _acquire_slot(self) -> int:
+        if self._closed or self._idle is None:
+            raise PoolClosedError("the pool is closed" if self._closed else "call start() first")
+        slot = await self._idle.get()
+        if self._closed:
+            self._idle.put_nowait(slot)  # wake the next waiter, which also sees closed
+            raise PoolClosedError("the pool was closed while waiting for a session")
+        return slot
+
+    async def _attempt(self, api: str, params: dict[str, Any]) -> QueryResult:
+        assert self._limiter is not None and self._idle is not None
+        self._check_breaker(api, params, claim_probe=False)  # fail fast before queueing
+        t0 = time.perf_counter()
+        slot = await self._acquire_slot()
+        try:
+            t1 = time.perf_counter()
+            await self._limiter.acquire(lambda: self._check_breaker(api, params, False))
+            t2 = time.perf_counter()
+            probe = self._check_breaker(api, params, claim_probe=True)
+            worker = self._workers[slot]
+            if not worker.alive():
+                # Replaced lazily: a killed worker's successor starts when its slot is next used.
+                await asyncio.get_running_loop().run_in_executor(None, worker.start_blocking)
+                self.stats.workers_started += 1
+            self.stats.requests += 1
+            try:
+                reply = await worker.call(("query", api, params), self._deadline)
+            except TimeoutError:
+                self.stats.timeouts += 1
+                self._kill(worker)
+                raise RequestTimeout(
+                    f"no reply within {self._deadline:.1f}s; session replaced "
+                    "(raise STOCK_PIPELINE_BAOSTOCK_REQUEST_TIMEOUT_S if the server is just slow)",
+                    api=api,
+                    params=params,
+                ) from None
+            except (EOFError, OSError) as exc:
+                self.stats.connection_losses += 1
+                self._kill(worker)
+                if self._closed:
+                    raise PoolClosedError("the pool was closed during the request") from exc
+                raise ConnectionLost(
+                    f"worker process lost ({exc!r}); session replaced", api=api, params=params
+                ) from exc
+            finally:
+                if probe:
+                    self._probing = False
+            # On cancellation the worker keeps its pending reply; its next call discards it.
+            t3 = time.perf_counter()
+        finally:
+            self._idle.put_nowait(slot)
+        self.stats.server_requests += reply.server_requests
+        self._limiter.debit(reply.server_requests - 1)
+        if reply.relogged:
+            self.stats.logins += 1
+        self._log_output(reply)
+        if reply.error_code != BLACKLIST_CODE:
+            self._blacklist_streak = 0  # the server answers us normally again
+        if reply.error_code != "0":
+            raise self._error(reply, api, params)
+        return QueryResult(
+            api=api,
+            params=params,
+            fields=reply.fields,
+            rows=reply.rows,
+            pool_wait_s=t1 - t0,
+            rate_wait_s=t2 - t1,
+            api_s=reply.call_s + reply.drain_s,
+            roundtrip_s=t3 - t2,
+            server_requests=reply.server_requests,
+        )
+
+    def _check_breaker(self, api: str, params: dict[str, Any], claim_probe: bool) -> bool:
+        """Circuit breaker after persistent blacklist replies; True if this request is the probe.
+
+        Tripped when more than `max_retries` replies in a row were blacklist replies. Then every
+        request fails fast while the pool is paused; after the pause exactly one request goes
+        out as a probe (the others still fail fast) and any normal reply closes the breaker.
+        Waiting in line instead would hit a refusing server again with the whole queue.
+        """
+        assert self._limiter is not None
+        if self._blacklist_streak <= self.config.max_retries:
+            return False
+        paused_for = self._limiter.paused_for()
+        if paused_for == 0 and not self._probing:
+            self._probing = claim_probe
+            return claim_probe
+        raise PoolPausedError(
+            f"not sent: BaoStock refused the last {self._blacklist_streak} requests as "
+            f"blacklisted; pool paused for {paused_for:.0f}s more. Lower "
+            "STOCK_PIPELINE_BAOSTOCK_QPS / _CONCURRENCY and retry later",
+            api=api,
+            params=params,
+        )
+
+    def _error(self, reply: Reply, api: str, params: dict[str, Any]) -> BaostockError:
+        if reply.error_code == SOCKET_FAILURE:
+            self.stats.connection_losses += 1
+            return ConnectionLost(reply.error_msg, api=api, params=params)
+        if reply.error_code == CLIENT_FAILURE:
+            return TransientError(f"client failed: {reply.error_msg}", api=api, params=params)
+        if reply.error_code == BAD_REQUEST:
+            return PermanentError(reply.error_msg, api=api, params=params)
+        error = from_reply(reply.error_code, reply.error_msg, api=api, params=params)
+        if isinstance(error, BlacklistedError):
+            self.stats.blacklist_replies += 1
+        return error
+
+    def _log_output(self, reply: Reply) -> None:
+        if reply.output and client_logger.isEnabledFor(logging.DEBUG):
+            for line in reply.output:
+                client_logger.debug("[baostock.client] %s", line)
+
+    def _kill(self, worker: _Worker) -> None:
+        if worker.process is not None:
+            self.stats.workers_killed += 1
+        worker.kill()
+
+    async def close(self) -> None:
+        """Log every session out and stop every worker (terminating any that hang).
+
+        Requests still running get up to the request timeout to finish; requests waiting for a
+        session fail with PoolClosedError.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        idle = self._idle
+        if idle is not None:
+            idle.put_nowait(-1)  # wakes a waiter; each re-queues it for the next
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._deadline
+        while any(w.busy for w in self._workers) and loop.time() < give_up:
+            await asyncio.sleep(0.01)
+        await asyncio.gather(
+            *(w.shutdown(min(5.0, self._deadline)) for w in self._workers if not w.busy),
+            return_exceptions=True,
+        )
+        for worker in self._workers:  # whatever survived (e.g. close() itself was cancelled)
+            worker.kill()
+        self._finalizer.detach()
+        logger.info("[baostock] pool closed: %s", self.stats.as_dict())
+
+
+def _kill_all(workers: list[_Worker]) -> None:
+    for worker in workers:
+        try:
+            worker.kill()
+        except Exception:  # interpreter shutdown; best effort
+            pass
+
+
+class SyncBaostockPool:
+    """A BaostockPool for synchronous callers (e.g. Dagster assets).
+
+    Runs the pool on an event loop in a private thread; `run(fn, *args)` awaits
+    `fn(pool, *args)` there. Ctrl-C in the calling thread cancels the running work and the
+    context exit still logs every session out.
+    """
+
+    def __init__(self, config: PoolConfig):
+        self.config = config
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="baostock-pool-loop", daemon=True
+        )
+        self._thread.start()
+        self.pool = BaostockPool(config)
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> SyncBaostockPool:
+        """A started-on-enter sync pool configured from settings."""
+        return cls(PoolConfig.from_settings(settings, **overrides))
+
+    def __enter__(self) -> SyncBaostockPool:
+        try:
+            self._call(self.pool.start())
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except (KeyboardInterrupt, SystemExit):
+            future.cancel()
+            try:
+                future.result(timeout=self.config.request_timeout_s + 10)
+            except (concurrent.futures.CancelledError, Exception):
+                pass
+            raise
+
+    def run(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run `await fn(pool, *args, **kwargs)` on the pool's loop and return its result."""
+
+        async def call() -> T:
+            return await fn(self.pool, *args, **kwargs)
+
+        return self._call(call())
+
+    def query(self, api: str, /, **params: Any) -> QueryResult:
+        """Blocking `BaostockPool.query`."""
+        return self._call(self.pool.query(api, **params))
+
+    def close(self) -> None:
+        """Close the pool (logging sessions out) and stop the loop thread."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            asyncio.run_coroutine_threadsafe(self.pool.close(), self._loop).result(
+                timeout=self.config.request_timeout_s + 30
+            )
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            if not self._thread.is_alive():
+                self._loop.close()
