@@ -317,3 +317,124 @@ def test_market_is_deterministic() -> None:
     ]
     other_seed = SimulatorConfig(seed=12, n_codes=1000).make_market()
     assert other_seed.all_codes() != a.all_codes()
+
+
+# ----- statements, corporate actions, classification, macro -------------------------------------
+
+QUARTERLY_APIS = (
+    "query_profit_data",
+    "query_operation_data",
+    "query_growth_data",
+    "query_balance_data",
+    "query_cash_flow_data",
+    "query_dupont_data",
+)
+DEADLINES = {1: (4, 30), 2: (8, 31), 3: (10, 31), 4: (4, 30)}
+
+
+def test_quarterly_statements_follow_publication(bs, sim: SimulatorServer) -> None:
+    for api_name in QUARTERLY_APIS:
+        call = getattr(bs, api_name)
+        rs = call("sh.600000", 2021, 2)
+        rows = drain(rs)
+        assert rs.fields == list(apis.api(api_name).field_names)
+        assert len(rows) == 1 and rows[0][0] == "sh.600000" and rows[0][2] == "2021-06-30"
+        assert date(2021, 7, 1) <= date.fromisoformat(rows[0][1]) <= date(2021, 8, 31)
+    # The window ends 2026-12-31: the 2026 annual report is not published yet.
+    assert drain(bs.query_profit_data("sh.600000", 2026, 4)) == []
+    for code in sim.market.all_codes()[:40]:
+        for quarter in (1, 2, 3, 4):
+            for row in drain(bs.query_balance_data(code, 2019, quarter)):
+                pub = date.fromisoformat(row[1])
+                month, day = DEADLINES[quarter]
+                year = 2020 if quarter == 4 else 2019
+                assert date.fromisoformat(row[2]) < pub <= date(year, month, day)
+    dupont = drain(bs.query_dupont_data("sz.000001", 2022, 4))[0]
+    roe, lev, turn, pni, nitogr = (float(x) for x in dupont[3:8])
+    assert roe == pytest.approx(lev * turn * nitogr * pni, rel=1e-4)
+    profit = drain(bs.query_profit_data("sz.000001", 2022, 4))[0]
+    assert float(profit[3]) == pytest.approx(roe, abs=1e-6)
+
+
+def test_dividends_move_the_ex_right_preclose(bs, sim: SimulatorServer) -> None:
+    market = sim.market
+    code, action = next(
+        (c, a)
+        for c in market.all_codes()
+        for a in market.corporate_actions(c)
+        if a.stocks_ps + a.reserve_ps > 0 and a.ex_date.year >= 2012
+    )
+    by_operate = drain(bs.query_dividend_data(code, action.ex_date.year, "operate"))
+    row = next(r for r in by_operate if r[6] == action.ex_date.isoformat())
+    by_report = drain(bs.query_dividend_data(code, action.plan_date.year, "report"))
+    assert row in by_report
+    cash = float(row[9]) if row[9] else 0.0
+    shares = (float(row[11]) if row[11] else 0.0) + (float(row[13]) if row[13] else 0.0)
+    assert shares > 0 and row[8] == row[6]
+    bars = market.daily_bars(code, action.ex_date - timedelta(days=40), action.ex_date)
+    traded = [b for b in bars if b["tradestatus"] == "1"]
+    ex_bar, before = traded[-1], traded[-2]
+    assert ex_bar["date"] == action.ex_date.isoformat()
+    expected = (float(before["close"]) - cash) / (1 + shares)
+    assert abs(float(ex_bar["preclose"]) - expected) <= 0.0051
+    factors = drain(bs.query_adjust_factor(code, row[6], row[6]))
+    assert len(factors) == 1
+    previous = [f for f in market.adjust_factors(code, date(1990, 1, 1), action.ex_date)][-2:]
+    step = float(before["close"]) / float(ex_bar["preclose"])
+    if len(previous) == 2:
+        assert previous[1].back / previous[0].back == pytest.approx(step, rel=1e-5)
+
+
+def test_express_and_forecast_reports(bs, sim: SimulatorServer) -> None:
+    express, forecast = [], []
+    for code in sim.market.all_codes()[:30]:
+        express += drain(bs.query_performance_express_report(code, "2015-01-01", "2020-12-31"))
+        forecast += drain(bs.query_forecast_report(code, "2015-01-01", "2020-12-31"))
+    assert express and forecast
+    assert all("2015-01-01" <= r[1] <= "2020-12-31" and r[2].endswith("12-31") for r in express)
+    assert all("2015-01-01" <= r[1] <= "2020-12-31" and r[1] > r[2] for r in forecast)
+    kinds = {r[3] for r in forecast}
+    assert kinds <= {"预增", "略增", "略减", "预减", "扭亏", "首亏", "续亏"}
+    assert all(float(r[5]) >= float(r[6]) for r in forecast)
+
+
+def test_industry_and_constituents(bs, sim: SimulatorServer) -> None:
+    day = date(2023, 5, 10)
+    rows = drain(bs.query_stock_industry(date=day.isoformat()))
+    assert sorted(r[1] for r in rows) == sim.market.codes(day)
+    assert all(r[4] == "证监会行业分类" and r[3] for r in rows)
+    one = drain(bs.query_stock_industry("sh.600000"))
+    assert len(one) == 1 and one[0][1] == "sh.600000"
+    sz50 = drain(bs.query_sz50_stocks(day.isoformat()))
+    hs300 = drain(bs.query_hs300_stocks(day.isoformat()))
+    zz500 = drain(bs.query_zz500_stocks(day.isoformat()))
+    assert len(sz50) == 50 and len(hs300) == 300 and 0 < len(zz500) <= 500
+    assert all(r[1].startswith("sh.") for r in sz50)
+    assert not {r[1] for r in hs300} & {r[1] for r in zz500}
+    assert len({r[0] for r in hs300}) == 1 and hs300[0][0] <= day.isoformat()
+
+
+def test_macro_series(bs) -> None:
+    deposit = drain(bs.query_deposit_rate_data("2010-01-01", "2015-12-31"))
+    loan = drain(bs.query_loan_rate_data())
+    reserve = drain(bs.query_required_reserve_ratio_data("2012-01-01", "2020-12-31", "1"))
+    month = drain(bs.query_money_supply_data_month("2020-01", "2020-12"))
+    year = drain(bs.query_money_supply_data_year("2015", "2020"))
+    assert deposit and all("2010-01-01" <= r[0] <= "2015-12-31" and len(r) == 11 for r in deposit)
+    assert loan and all(len(r) == 8 for r in loan)
+    assert reserve and all("2012-01-01" <= r[1] <= "2020-12-31" for r in reserve)
+    assert [int(r[1]) for r in month] == list(range(1, 13))
+    assert [r[0] for r in year] == [str(y) for y in range(2015, 2021)]
+    assert all(float(r[2]) > 0 for r in month)
+
+
+def test_one_day_all_stock_queries(bs, sim: SimulatorServer) -> None:
+    day = date(2024, 6, 24)
+    rs = bs.query_daily_history_k_AStock(day.isoformat())
+    rows = drain(rs)
+    assert rs.fields == [f.name for f in apis.K_DAILY_FIELDS]
+    assert [r[1] for r in rows] == sim.market.codes(day)
+    factors = drain(bs.query_daily_adjust_factor(day.isoformat()))
+    assert all(r[1] == day.isoformat() for r in factors)
+    expected = [c for c in sim.market.codes(day) if sim.market.adjust_factors(c, day, day)]
+    assert [r[0] for r in factors] == expected
