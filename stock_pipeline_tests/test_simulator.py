@@ -271,6 +271,14 @@ def test_index_moves_with_members(bs, sim: SimulatorServer) -> None:
         if abs(sum(v) / len(v)) > 0.3
     )
     assert agree >= 0.9 * sum(1 for v in day_pct.values() if abs(sum(v) / len(v)) > 0.3)
+    hfq = drain(
+        bs.query_history_k_data_plus("sh.000300", "close", "2020-01-01", "2020-12-31", "d", "1")
+    )
+    assert [r[0] for r in hfq] == [r[5] for r in rows]  # indexes are never adjusted
+    weekly = drain(
+        bs.query_history_k_data_plus("sh.000300", PERIOD, "2020-01-01", "2020-12-31", "w")
+    )
+    assert 48 <= len(weekly) <= 53 and weekly[-1][5] == rows[-1][5]
     cons = drain(bs.query_hs300_stocks("2020-07-01"))
     assert sorted(r[1] for r in cons) == members
 

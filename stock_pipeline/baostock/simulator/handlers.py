@@ -139,6 +139,7 @@ def history_k(market: Market, params: tuple[str, ...]) -> Result:
     lo, hi = parse_range(start, end, date(2015, 1, 1), market.end)
     names = [f.strip() for f in fields_text.split(",")]
     is_index = market.listings[code].is_index
+
     allowed = apis.K_DAILY_FIELDS if frequency == "d" else apis.K_PERIOD_FIELDS
     allowed_names = {f.name for f in allowed}
     for name in names:
@@ -146,17 +147,14 @@ def history_k(market: Market, params: tuple[str, ...]) -> Result:
             raise ApiError(p.FIELD_INVALID, f"无效的指标：{name}")
     if len(set(names)) != len(names):
         raise ApiError(p.FIELD_REPEATED)
-    if is_index:
-        cols = (
-            market.daily_columns(code, lo, hi, "3")
-            if frequency == "d"
-            else market.period_columns(code, lo, hi, frequency, "3")
-        )
-        cols["adjustflag"] = [adjustflag] * len(cols["date"])
-    elif frequency == "d":
-        cols = market.daily_columns(code, lo, hi, adjustflag)
+    # Indexes are never adjusted: every adjustflag serves the same levels, echoing the flag.
+    flag = "3" if is_index else adjustflag
+    if frequency == "d":
+        cols = market.daily_columns(code, lo, hi, flag, names)
     else:
-        cols = market.period_columns(code, lo, hi, frequency, adjustflag)
+        cols = market.period_columns(code, lo, hi, frequency, flag)
+    if is_index and "adjustflag" in cols:
+        cols["adjustflag"] = [adjustflag] * len(cols["adjustflag"])
     rows = [list(r) for r in zip(*(cols[n] for n in names), strict=True)]
     return Result(rows, [code_text, fields_text, start, end, frequency, adjustflag])
 

@@ -30,8 +30,10 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any
 
 import numpy as np
 
@@ -259,22 +261,27 @@ class _IndexSeries:
     amount: np.ndarray
 
 
-@dataclass
 class _Lru:
-    maxsize: int
-    items: OrderedDict = field(default_factory=OrderedDict)
+    """A small thread-safe LRU map (the server thread and tests share one Market)."""
 
-    def get(self, key):  # noqa: ANN001, ANN201
-        value = self.items.get(key)
-        if value is not None:
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.items: OrderedDict[Any, Any] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self.lock:
+            value = self.items.get(key)
+            if value is not None:
+                self.items.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self.lock:
+            self.items[key] = value
             self.items.move_to_end(key)
-        return value
-
-    def put(self, key, value) -> None:  # noqa: ANN001
-        self.items[key] = value
-        self.items.move_to_end(key)
-        while len(self.items) > self.maxsize:
-            self.items.popitem(last=False)
+            while len(self.items) > self.maxsize:
+                self.items.popitem(last=False)
 
 
 class Market:
@@ -789,58 +796,69 @@ class Market:
         return [dict(zip(names, row, strict=True)) for row in zip(*cols.values(), strict=True)]
 
     def daily_columns(
-        self, code: str, start: date, end: date, adjustflag: str = "3"
+        self,
+        code: str,
+        start: date,
+        end: date,
+        adjustflag: str = "3",
+        fields: Sequence[str] | None = None,
     ) -> dict[str, list[str]]:
-        """Column-oriented daily bars: field name -> list of strings (one per trading day)."""
+        """Column-oriented daily bars: field name -> list of strings (one per trading day).
+
+        `fields` limits the work to those columns (default: all 18 daily fields).
+        """
+        names = list(fields) if fields is not None else _DAILY_FIELDS
         lst = self.listings.get(code)
         if lst is not None and lst.is_index:
-            return self._index_columns(code, start, end)
+            cols = self._index_columns(code, start, end)
+            return {name: cols[name] for name in names}
         series = self._series_of(code)
-        if series is None:
-            return {f: [] for f in _DAILY_FIELDS}
         prof = self._profile(code)
-        assert prof is not None
         lo, hi = self._grid_range(start, end)
+        if series is None or prof is None:
+            return {name: [] for name in names}
         lo, hi = max(lo, prof.first), min(hi, prof.last + 1)
         if hi <= lo:
-            return {f: [] for f in _DAILY_FIELDS}
+            return {name: [] for name in names}
         k = np.arange(lo - prof.first, hi - prof.first)
-        num = self._bar_numbers(code, prof, series, k, adjustflag)
+        valuation = any(name in _VALUATION_FIELDS for name in names)
+        num = self._bar_numbers(code, prof, series, k, adjustflag, valuation=valuation)
         traded = prof.traded[k].tolist()
         n = len(k)
-        cid = code
-        empty = [""] * n
 
-        def fmt(values: np.ndarray, spec: str) -> list[str]:
-            return [
-                format(v, spec) if t else "" for v, t in zip(values.tolist(), traded, strict=True)
-            ]
+        def fmt(key: str, spec: str) -> list[str]:
+            if key not in num:
+                return [""] * n
+            values = num[key].tolist()
+            return [format(v, spec) if t else "" for v, t in zip(values, traded, strict=True)]
 
-        def price(values: np.ndarray) -> list[str]:
+        def price(key: str) -> list[str]:
             if adjustflag != "3":
-                return fmt(values, ".4f")
-            return [cents_str(v) if t else "" for v, t in zip(values.tolist(), traded, strict=True)]
+                return fmt(key, ".4f")
+            values = num[key].tolist()
+            return [cents_str(v) if t else "" for v, t in zip(values, traded, strict=True)]
 
-        return {
-            "date": self.grid_strs[lo:hi],
-            "code": [cid] * n,
-            "open": price(num["open"]),
-            "high": price(num["high"]),
-            "low": price(num["low"]),
-            "close": price(num["close"]),
-            "preclose": price(num["preclose"]),
-            "volume": fmt(num["volume"], "d"),
-            "amount": fmt(num["amount"], ".4f"),
-            "adjustflag": [adjustflag] * n,
-            "turn": fmt(num["turn"], ".6f"),
-            "tradestatus": ["1" if t else "0" for t in traded],
-            "pctChg": fmt(num["pct"], ".6f"),
-            "peTTM": fmt(num["pe"], ".6f") if "pe" in num else empty,
-            "pbMRQ": fmt(num["pb"], ".6f") if "pb" in num else empty,
-            "psTTM": fmt(num["ps"], ".6f") if "ps" in num else empty,
-            "pcfNcfTTM": fmt(num["pcf"], ".6f") if "pcf" in num else empty,
-            "isST": ["1" if s else "0" for s in prof.st[k].tolist()],
+        makers: dict[str, Callable[[], list[str]]] = {
+            "date": lambda: self.grid_strs[lo:hi],
+            "code": lambda: [code] * n,
+            "open": lambda: price("open"),
+            "high": lambda: price("high"),
+            "low": lambda: price("low"),
+            "close": lambda: price("close"),
+            "preclose": lambda: price("preclose"),
+            "volume": lambda: fmt("volume", "d"),
+            "amount": lambda: fmt("amount", ".4f"),
+            "adjustflag": lambda: [adjustflag] * n,
+            "turn": lambda: fmt("turn", ".6f"),
+            "tradestatus": lambda: ["1" if t else "0" for t in traded],
+            "pctChg": lambda: fmt("pct", ".6f"),
+            "peTTM": lambda: fmt("pe", ".6f"),
+            "pbMRQ": lambda: fmt("pb", ".6f"),
+            "psTTM": lambda: fmt("ps", ".6f"),
+            "pcfNcfTTM": lambda: fmt("pcf", ".6f"),
+            "isST": lambda: ["1" if s else "0" for s in prof.st[k].tolist()],
         }
+        return {name: makers[name]() for name in names}
 
     def period_columns(
         self, code: str, start: date, end: date, frequency: str, adjustflag: str = "3"
@@ -1199,6 +1217,7 @@ class Market:
 
 
 _PERIOD_FIELDS = [f.name for f in K_PERIOD_FIELDS]
+_VALUATION_FIELDS = frozenset({"peTTM", "pbMRQ", "psTTM", "pcfNcfTTM"})
 _DAILY_FIELDS = [f.name for f in K_DAILY_FIELDS]
 
 

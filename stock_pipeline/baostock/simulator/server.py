@@ -123,13 +123,19 @@ class SimulatorStats:
         return sum(self.requests.values())
 
     def copy(self) -> SimulatorStats:
-        return SimulatorStats(
-            Counter(self.requests),
-            Counter(self.faults),
-            Counter(self.errors),
-            self.active_connections,
-            self.total_connections,
-        )
+        # Read from another thread while the server counts: retry if a counter grew meanwhile.
+        for _ in range(100):
+            try:
+                return SimulatorStats(
+                    Counter(self.requests),
+                    Counter(self.faults),
+                    Counter(self.errors),
+                    self.active_connections,
+                    self.total_connections,
+                )
+            except RuntimeError:
+                continue
+        raise RuntimeError("could not snapshot simulator stats")
 
 
 class _RateLimiter:
