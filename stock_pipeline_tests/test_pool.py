@@ -35,6 +35,7 @@ from stock_pipeline.baostock.pool import BaostockPool, PoolConfig, SyncBaostockP
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorServer
 from stock_pipeline.baostock.simulator.server import FaultContext
 from stock_pipeline.settings import Settings
+from stock_pipeline_tests.process_helpers import assert_gone
 
 KLINE = "query_history_k_data_plus"
 FIELDS = "date,code,open,high,low,close,volume,tradestatus"
@@ -65,16 +66,6 @@ def kline(code: str, start: date | str, end: date | str, fields: str = FIELDS) -
         "frequency": "d",
         "adjustflag": "3",
     }
-
-
-def assert_gone(pids: list[int], within_s: float = 5.0) -> None:
-    """Every pid has exited (zombies count as gone only once reaped by their parent)."""
-    deadline = time.monotonic() + within_s
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if psutil.pid_exists(p)]
-        time.sleep(0.05)
-    assert not alive, f"worker processes still running: {alive}"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,220 @@
+"""Batch fetches against the simulator: typed results, per-code failures, retries, progress logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from datetime import date
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from stock_pipeline.baostock.apis import K_INDEX_FIELDS
+from stock_pipeline.baostock.fetch import (
+    FetchResult,
+    fetch_daily_bars,
+    fetch_many,
+    fetch_table,
+)
+from stock_pipeline.baostock.pool import BaostockPool, PoolConfig, SyncBaostockPool
+from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorServer
+from stock_pipeline.baostock.simulator.server import FaultContext
+from stock_pipeline_tests.process_helpers import assert_gone
+
+START, END = date(2024, 5, 6), date(2024, 6, 28)
+
+
+def config(sim: SimulatorServer, **overrides: Any) -> PoolConfig:
+    base: dict[str, Any] = {
+        "endpoint": (sim.host, sim.port),
+        "concurrency": 4,
+        "qps": 100_000.0,
+        "request_timeout_s": 5.0,
+        "backoff_base_s": 0.02,
+        "backoff_max_s": 0.1,
+        "blacklist_backoff_s": 0.3,
+        "max_retries": 2,
+    }
+    base.update(overrides)
+    return PoolConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatorServer]:
+    with SimulatorServer(SimulatorConfig(seed=11, n_codes=200, latency_ms=1.0)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def codes(sim: SimulatorServer) -> list[str]:
+    return sim.market.codes(START)[:120]
+
+
+def test_daily_bars_are_typed_and_match_the_market(
+    sim: SimulatorServer, codes: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="stock_pipeline.baostock")
+
+    async def run() -> FetchResult:
+        async with BaostockPool(config(sim)) as pool:
+            return await fetch_daily_bars(pool, codes, START, END, batch_size=50)
+
+    result = asyncio.run(run())
+    assert result.failures == {} and result.requested == len(codes) and result.batches == 3
+    frame = result.frame
+    expected = pd.concat(
+        [pd.DataFrame(sim.market.daily_columns(c, START, END, "3")) for c in codes],
+        ignore_index=True,
+    )
+    assert len(frame) == len(expected) > 30 * len(codes)
+    assert str(frame["trade_date"].dtype) == "datetime64[ns]"
+    assert str(frame["volume"].dtype) == "Int64" and str(frame["is_st"].dtype) == "boolean"
+    got = frame.sort_values(["code", "trade_date"]).reset_index(drop=True)
+    want = expected.sort_values(["code", "date"]).reset_index(drop=True)
+    assert got["code"].tolist() == want["code"].tolist()
+    assert got["trade_date"].dt.strftime("%Y-%m-%d").tolist() == want["date"].tolist()
+    closes = pd.to_numeric(want["close"].replace("", None), errors="raise")
+    pd.testing.assert_series_equal(got["close"], closes.astype("float64"), check_names=False)
+    assert got["trade_status"].tolist() == (want["tradestatus"] == "1").tolist()
+
+    messages = [r.getMessage() for r in caplog.records]
+    batch = re.compile(
+        r"^\[p0\.daily_bars\] batch (\d)/3: (\d+)/(\d+) ok, 0 failed, \d+\.\ds, \d+ codes/s"
+    )
+    batches = sorted(m.group(1) for m in map(batch.match, messages) if m)
+    assert batches == ["1", "2", "3"]
+    assert any(m.startswith("[p0.daily_bars] done: 120/120 ok, 0 failed") for m in messages)
+    step = re.compile(r"^\[p0\.daily_bars\] s[hz]\.\d{6}: \d+ rows, .*pool_wait=.*api=")
+    per_request = [m for m in messages if step.match(m)]
+    assert len(per_request) == len(codes)
+
+
+def test_failures_are_reported_per_code_and_never_abort(sim: SimulatorServer) -> None:
+    """Bad code, malformed values, a dropped connection, a persistent error: each code ends up
+    fetched or failed with its reason, and every other code is fetched."""
+    good = sim.market.codes(START)[:40]
+    flaky, broken, garbled, dropped = good[:4]
+    calls: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def hook(ctx: FaultContext) -> str | None:
+        with lock:
+            calls[ctx.code] = calls.get(ctx.code, 0) + 1
+            count = calls[ctx.code]
+        if ctx.code == flaky and count <= 3:  # beats the pool's 3 attempts, not the batch retry
+            return "error"
+        if ctx.code == broken:
+            return "error"
+        if ctx.code == garbled:
+            return "bad_value"
+        if ctx.code == dropped:
+            return "drop"
+        return None
+
+    faulty_config = SimulatorConfig(seed=11, n_codes=200, fault_hook=hook)
+    with SimulatorServer(faulty_config) as faulty:
+
+        async def run() -> FetchResult:
+            async with BaostockPool(config(faulty)) as pool:
+                result = await fetch_daily_bars(
+                    pool, [*good, "sh.999999"], START, END, batch_size=20
+                )
+                return result
+
+        result = asyncio.run(run())
+
+    assert set(result.failures) == {broken, garbled, dropped, "sh.999999"}
+    assert "invalid security code" in result.failures["sh.999999"]
+    assert "server system error" in result.failures[broken]
+    assert "gave up after 3 attempts" in result.failures[broken]
+    assert (
+        "N/A" in result.failures[garbled]
+        and "query_history_k_data_plus" in result.failures[garbled]
+    )
+    assert "closed the connection" in result.failures[dropped]
+    assert calls[flaky] == 4 and calls[broken] == 6  # 3 pool attempts, then 1 (+2) at batch end
+    assert result.retried == 3  # flaky, broken, dropped: transient; bad code/values are not
+    fetched = set(result.frame["code"])
+    assert fetched == set(good) - {broken, garbled, dropped}
+    assert not result.frame.isna().all(axis=None)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_silent_code_costs_timeouts_not_the_batch(sim: SimulatorServer) -> None:
+    good = sim.market.codes(START)[:30]
+    silent = good[5]
+    faulty_config = SimulatorConfig(seed=11, n_codes=200, fault_codes={silent: "silent"})
+    with SimulatorServer(faulty_config) as faulty:
+
+        async def run() -> tuple[FetchResult, list[int]]:
+            pool_config = config(faulty, request_timeout_s=0.5, max_retries=1)
+            async with BaostockPool(pool_config) as pool:
+                result = await fetch_daily_bars(pool, good, START, END)
+                return result, pool.worker_pids()
+
+        result, pids = asyncio.run(run())
+    assert list(result.failures) == [silent]
+    assert "timed out" in result.failures[silent] or "no reply" in result.failures[silent]
+    # 2 attempts in the pool, then 2 more at the end of the batch: 4 timeouts of 0.5 s (+ grace)
+    assert result.timings.wall_s < 4 * 1.5 + 2.0
+    assert len(set(result.frame["code"])) == len(good) - 1
+    assert_gone(pids, within_s=2.0)
+
+
+def test_other_apis_and_single_requests(sim: SimulatorServer, codes: list[str]) -> None:
+    async def run() -> tuple[pd.DataFrame, pd.DataFrame, FetchResult, FetchResult]:
+        async with BaostockPool(config(sim)) as pool:
+            days = await fetch_table(
+                pool, "query_trade_dates", start_date="2024-06-01", end_date="2024-06-30"
+            )
+            listed = await fetch_table(pool, "query_all_stock", day="2024-06-03")
+            factors = await fetch_many(
+                pool,
+                "query_adjust_factor",
+                {
+                    c: {"code": c, "start_date": "2015-01-01", "end_date": "2024-12-31"}
+                    for c in codes
+                },
+                label="p0.adjust_factor",
+            )
+            index = await fetch_daily_bars(
+                pool, ["sh.000001"], START, END, fields=K_INDEX_FIELDS, label="p3.index_daily"
+            )
+            return days, listed, factors, index
+
+    days, listed, factors, index = asyncio.run(run())
+    assert len(days) == 30 and days["is_trading_day"].dtype == "boolean"
+    assert days["is_trading_day"].sum() == len(sim.market.trading_days(date(2024, 6, 1), END))
+    assert set(sim.market.codes(date(2024, 6, 3))) <= set(listed["code"])
+    assert factors.failures == {}
+    assert list(factors.frame.columns) == [
+        "code",
+        "divid_operate_date",
+        "fore_adjust_factor",
+        "back_adjust_factor",
+        "adjust_factor",
+    ]
+    assert str(factors.frame["divid_operate_date"].dtype) == "datetime64[ns]"
+    assert index.failures == {} and list(index.frame.columns) == [f.column for f in K_INDEX_FIELDS]
+    assert len(index.frame) == len(sim.market.trading_days(START, END))
+
+
+def test_sync_pool_runs_a_batch_fetch(sim: SimulatorServer, codes: list[str]) -> None:
+    with SyncBaostockPool(config(sim, concurrency=2)) as pool:
+        result = pool.run(fetch_daily_bars, codes[:10], START, END)
+    assert result.failures == {} and set(result.frame["code"]) == set(codes[:10])
+
+
+def test_empty_fetch_has_typed_columns(sim: SimulatorServer) -> None:
+    async def run() -> FetchResult:
+        async with BaostockPool(config(sim, concurrency=1)) as pool:
+            return await fetch_daily_bars(pool, [], START, END)
+
+    result = asyncio.run(run())
+    assert result.requested == 0 and len(result.frame) == 0
+    assert str(result.frame["trade_date"].dtype) == "datetime64[ns]"
