@@ -102,7 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         configure_logging(args.log_level or settings.log_level)
-        handler: Callable[[argparse.Namespace, Settings], int] = args.handler
+        handler: Callable[[argparse.Namespace, Settings], int] | None = getattr(
+            args, "handler", None
+        )
+        if handler is None:  # subcommands registered by their own module take args only
+            return args.func(args) or 0
         return handler(args, settings) or 0
     except (SettingsError, WarehouseUnreachable, EmbeddedServiceError) as exc:
         print(f"stock-pipeline: error: {exc}", file=sys.stderr)
