@@ -1,0 +1,424 @@
+"""Secondary indexes dropped for a bulk load and rebuilt after it (seed 000 D2).
+
+For full imports and large backfills only, never the daily increment:
+
+    async with bulk_load(pool, "technical_daily"):
+        await replace_window(pool, "technical_daily", rows, start=..., end=...)
+
+Every non-primary-key index is dropped; the primary key (and any unique or exclusion constraint)
+stays, so the load keeps its integrity checks. The exact definitions (`pg_get_indexdef`) are
+written to `index_definitions` in the same transaction as the DROP, so a crash between the drop
+and the rebuild loses nothing: `repair_indexes` rebuilds whatever is recorded there, and
+`bulk_load` calls it before it drops anything.
+
+Rebuilding builds each index once from sorted data, with `maintenance_work_mem` raised for the
+session, instead of inserting into it row by row during the load. A plain CREATE INDEX lets other
+sessions read but blocks their writes while it runs; CONCURRENTLY blocks neither (two table
+scans, no transaction block). PostgreSQL cannot build a partitioned parent's index
+CONCURRENTLY, so for partitioned tables the parent index is created ON ONLY, each partition's
+index is built CONCURRENTLY and then attached, which makes the parent valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from sqlalchemy import Table
+
+from stock_pipeline.warehouse.writer import Database, _connection, _quote, _resolve
+
+log = logging.getLogger(__name__)
+
+_DEFINITION = re.compile(
+    r"^CREATE (?P<unique>UNIQUE )?INDEX (?P<name>.+?) ON (?P<only>ONLY )?(?P<table>.+?) "
+    r"USING (?P<body>.+)$",
+    re.DOTALL,
+)
+
+
+@dataclass(frozen=True)
+class IndexDefinition:
+    """One index as PostgreSQL prints it: `definition` is pg_get_indexdef()."""
+
+    table: str
+    name: str
+    definition: str
+
+    @property
+    def _parts(self) -> re.Match[str]:
+        match = _DEFINITION.match(self.definition)
+        if match is None:
+            raise ValueError(f"cannot read index definition {self.definition!r}")
+        return match
+
+    @property
+    def body(self) -> str:
+        """What the index covers, e.g. 'btree (trade_date, code)': equal for a partitioned
+        index and the partition indexes attached to it."""
+        parts = self._parts
+        return f"{parts['unique'] or ''}USING {parts['body']}"
+
+    def create(self, *, recurse: bool = True, concurrently: bool = False) -> str:
+        """The CREATE INDEX statement; `recurse=False` keeps a partitioned parent's ON ONLY."""
+        parts = self._parts
+        only = "ONLY " if parts["only"] and not recurse else ""
+        how = "CONCURRENTLY " if concurrently else ""
+        return (
+            f"CREATE {parts['unique'] or ''}INDEX {how}{parts['name']} "
+            f"ON {only}{parts['table']} USING {parts['body']}"
+        )
+
+
+# -- catalog -------------------------------------------------------------------------------------
+
+
+async def _table_oid(conn: asyncpg.Connection, name: str) -> int | None:
+    return await conn.fetchval("SELECT to_regclass($1)::oid", _quote(name))
+
+
+async def _partitions(conn: asyncpg.Connection, table_oid: int) -> list[tuple[int, str]]:
+    rows = await conn.fetch(
+        "SELECT c.oid, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = $1 ORDER BY c.relname",
+        table_oid,
+    )
+    return [(r["oid"], r["relname"]) for r in rows]
+
+
+async def secondary_indexes(conn: asyncpg.Connection, table: Table | str) -> list[IndexDefinition]:
+    """The table's indexes that no constraint needs (not the primary key, not unique or
+    exclusion constraints), followed by the partition indexes attached to them."""
+    name = _resolve(table).name if isinstance(table, Table) else table
+    oid = await _table_oid(conn, name)
+    if oid is None:
+        raise LookupError(f"table {name} does not exist: run the migrations first")
+    rows = await conn.fetch(
+        """
+        SELECT i.indexrelid, ic.relname AS index_name, pg_get_indexdef(i.indexrelid) AS definition
+        FROM pg_index i
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        WHERE i.indrelid = $1
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid
+                          AND c.contype IN ('p', 'u', 'x'))
+        ORDER BY ic.relname
+        """,
+        oid,
+    )
+    found = [IndexDefinition(name, r["index_name"], r["definition"]) for r in rows]
+    for row in rows:
+        children = await conn.fetch(
+            """
+            SELECT t.relname AS table_name, ic.relname AS index_name,
+                   pg_get_indexdef(ic.oid) AS definition
+            FROM pg_inherits h
+            JOIN pg_class ic ON ic.oid = h.inhrelid
+            JOIN pg_index x ON x.indexrelid = ic.oid
+            JOIN pg_class t ON t.oid = x.indrelid
+            WHERE h.inhparent = $1
+            ORDER BY t.relname
+            """,
+            row["indexrelid"],
+        )
+        found += [
+            IndexDefinition(c["table_name"], c["index_name"], c["definition"]) for c in children
+        ]
+    return found
+
+
+# -- drop ----------------------------------------------------------------------------------------
+
+
+async def drop_indexes(db: Database, table: Table | str) -> list[IndexDefinition]:
+    """Drop the table's secondary indexes, recording their definitions in index_definitions in
+    the same transaction. Returns what was dropped (parents first, then partition indexes)."""
+    name = table if isinstance(table, str) else table.name
+    async with _connection(db) as conn, conn.transaction():
+        found = await secondary_indexes(conn, name)
+        if not found:
+            return []
+        await conn.executemany(
+            "INSERT INTO index_definitions (table_name, index_name, definition) "
+            "VALUES ($1, $2, $3) ON CONFLICT (table_name, index_name) "
+            "DO UPDATE SET definition = excluded.definition, dropped_at = now()",
+            [(d.table, d.name, d.definition) for d in found],
+        )
+        parents = [d for d in found if d.table == name]
+        # Dropping a partitioned index drops the partition indexes attached to it.
+        await conn.execute(
+            "DROP INDEX " + ", ".join(_quote(d.name) for d in parents)  # one lock round
+        )
+    log.info(
+        "[indexes] %s: dropped %s (definitions kept in index_definitions)",
+        name,
+        ", ".join(d.name for d in parents),
+    )
+    return found
+
+
+# -- rebuild -------------------------------------------------------------------------------------
+
+
+async def _recorded(conn: asyncpg.Connection) -> list[IndexDefinition]:
+    rows = await conn.fetch(
+        "SELECT table_name, index_name, definition FROM index_definitions "
+        "ORDER BY dropped_at, table_name, index_name"
+    )
+    return [IndexDefinition(r["table_name"], r["index_name"], r["definition"]) for r in rows]
+
+
+async def _index_state(conn: asyncpg.Connection, name: str) -> tuple[bool, str] | None:
+    """(valid, definition) of an existing index, or None."""
+    row = await conn.fetchrow(
+        "SELECT i.indisvalid, pg_get_indexdef(i.indexrelid) AS definition FROM pg_index i "
+        "WHERE i.indexrelid = to_regclass($1)",
+        _quote(name),
+    )
+    return None if row is None else (row["indisvalid"], row["definition"])
+
+
+async def _forget(conn: asyncpg.Connection, definitions: Sequence[IndexDefinition]) -> None:
+    await conn.executemany(
+        "DELETE FROM index_definitions WHERE table_name = $1 AND index_name = $2",
+        [(d.table, d.name) for d in definitions],
+    )
+
+
+async def _rename_children(
+    conn: asyncpg.Connection, parent: IndexDefinition, children: Sequence[IndexDefinition]
+) -> None:
+    """Give the rebuilt partition indexes their recorded names (PostgreSQL picks the same ones
+    unless a name was taken meanwhile)."""
+    wanted = {c.table: c.name for c in children}
+    rows = await conn.fetch(
+        "SELECT t.relname AS table_name, ic.relname AS index_name FROM pg_inherits h "
+        "JOIN pg_class ic ON ic.oid = h.inhrelid JOIN pg_index x ON x.indexrelid = ic.oid "
+        "JOIN pg_class t ON t.oid = x.indrelid WHERE h.inhparent = to_regclass($1)",
+        _quote(parent.name),
+    )
+    for row in rows:
+        name = wanted.get(row["table_name"])
+        if name and name != row["index_name"] and await _table_oid(conn, name) is None:
+            await conn.execute(f"ALTER INDEX {_quote(row['index_name'])} RENAME TO {_quote(name)}")
+
+
+async def _drop_unattached(conn: asyncpg.Connection, children: Sequence[IndexDefinition]) -> None:
+    """Drop partition indexes an interrupted concurrent rebuild built but never attached: they
+    hold the recorded names and would duplicate the rebuilt ones."""
+    for child in children:
+        orphan = await conn.fetchval(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass($1)) "
+            "FROM pg_index WHERE indexrelid = to_regclass($1)",
+            _quote(child.name),
+        )
+        if orphan:
+            await conn.execute(f"DROP INDEX {_quote(child.name)}")
+
+
+async def _build_concurrently(
+    conn: asyncpg.Connection,
+    table: str,
+    parent: IndexDefinition,
+    children: Sequence[IndexDefinition],
+) -> None:
+    table_oid = await _table_oid(conn, table)
+    assert table_oid is not None
+    is_partitioned = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = $1)", table_oid
+    )
+    if not is_partitioned:
+        await conn.execute(parent.create(concurrently=True))
+        return
+    # The parent stays invalid until every partition has an attached index.
+    await conn.execute(parent.create(recurse=False))
+    parts = parent._parts
+    recorded = {c.table: c.name for c in children}
+    for _, partition in await _partitions(conn, table_oid):
+        name = recorded.get(partition)
+        if name is not None and (state := await _index_state(conn, name)) is not None:
+            # Left by a crash between this partition's build and its ATTACH: reuse it if it is
+            # complete and the same index, else drop it.
+            valid, definition = state
+            same = IndexDefinition(partition, name, definition).body == parent.body
+            if valid and same:
+                await conn.execute(
+                    f"ALTER INDEX {_quote(parent.name)} ATTACH PARTITION {_quote(name)}"
+                )
+                continue
+            await conn.execute(f"DROP INDEX {_quote(name)}")
+        if name is None or await _table_oid(conn, name) is not None:
+            name = await _free_index_name(conn, partition, parent.name)
+        await conn.execute(
+            f"CREATE {parts['unique'] or ''}INDEX CONCURRENTLY {_quote(name)} "
+            f"ON {_quote(partition)} USING {parts['body']}"
+        )
+        await conn.execute(f"ALTER INDEX {_quote(parent.name)} ATTACH PARTITION {_quote(name)}")
+
+
+async def _free_index_name(conn: asyncpg.Connection, partition: str, parent: str) -> str:
+    """A name for a partition index that was not recorded (a partition created meanwhile)."""
+    base = f"{partition}_{parent}"[:59]
+    name, suffix = base, 0
+    while await _table_oid(conn, name) is not None:
+        suffix += 1
+        name = f"{base}{suffix}"
+    return name
+
+
+async def _rebuild_one(
+    conn: asyncpg.Connection,
+    table: str,
+    parent: IndexDefinition,
+    children: Sequence[IndexDefinition],
+    concurrently: bool,
+) -> str:
+    """Bring one recorded index back; returns what was done."""
+    state = await _index_state(conn, parent.name)
+    if state is not None and state[0]:
+        # Built before a crash that came before the bookkeeping row was removed.
+        if state[1] != parent.definition:
+            log.warning(
+                "[indexes] %s: index %s exists with a different definition; leaving it",
+                table,
+                parent.name,
+            )
+        await _forget(conn, [parent, *children])
+        return "already there"
+    if state is not None:
+        # An interrupted CREATE INDEX CONCURRENTLY leaves an invalid index behind.
+        await conn.execute(f"DROP INDEX {_quote(parent.name)}")
+    if concurrently:
+        await _build_concurrently(conn, table, parent, children)
+        await _forget(conn, [parent, *children])
+        return "rebuilt concurrently"
+    async with conn.transaction():
+        await _drop_unattached(conn, children)
+        await conn.execute(parent.create())
+        await _rename_children(conn, parent, children)
+        await _forget(conn, [parent, *children])
+    return "rebuilt"
+
+
+async def _others_use(conn: asyncpg.Connection, table: str) -> bool:
+    """Whether another session holds a lock on the table or one of its partitions now."""
+    return await conn.fetchval(
+        """
+        SELECT EXISTS (
+            SELECT 1 FROM pg_locks l
+            WHERE l.pid <> pg_backend_pid() AND l.database = (
+                SELECT oid FROM pg_database WHERE datname = current_database())
+              AND (l.relation = to_regclass($1) OR l.relation IN (
+                   SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass($1))))
+        """,
+        _quote(table),
+    )
+
+
+async def rebuild_indexes(
+    db: Database,
+    table: Table | str,
+    *,
+    concurrently: bool | None = None,
+    maintenance_work_mem: str | None = "1GB",
+) -> list[str]:
+    """Rebuild the indexes of `table` recorded in index_definitions; returns their names.
+
+    concurrently: None decides by whether another session is using the table right now.
+    maintenance_work_mem: set for the building session (sorts in memory instead of on disk).
+    """
+    name = table if isinstance(table, str) else table.name
+    async with _connection(db) as conn:
+        recorded = await _recorded(conn)
+        partitions: set[str] = set()
+        table_oid = await _table_oid(conn, name)
+        if table_oid is not None:
+            partitions = {p for _, p in await _partitions(conn, table_oid)}
+        parents = [d for d in recorded if d.table == name]
+        children = [d for d in recorded if d.table in partitions]
+        if not parents:
+            if children:
+                await _forget(conn, children)
+            return []
+        if table_oid is None:
+            log.warning("[indexes] %s: table is gone; forgetting its dropped indexes", name)
+            await _forget(conn, parents)
+            return []
+        if concurrently is None:
+            concurrently = await _others_use(conn, name)
+        if maintenance_work_mem:
+            await conn.execute(
+                "SELECT set_config('maintenance_work_mem', $1, false)", maintenance_work_mem
+            )
+        done = []
+        try:
+            for parent in parents:
+                began = time.perf_counter()
+                mine = [c for c in children if c.body == parent.body]
+                what = await _rebuild_one(conn, name, parent, mine, concurrently)
+                log.info(
+                    "[indexes] %s: %s %s, %.2fs",
+                    name,
+                    parent.name,
+                    what,
+                    time.perf_counter() - began,
+                )
+                done.append(parent.name)
+            leftovers = [c for c in children if all(c.body != p.body for p in parents)]
+            if leftovers:
+                await _forget(conn, leftovers)
+        finally:
+            if maintenance_work_mem:
+                await conn.execute("RESET maintenance_work_mem")
+        return done
+
+
+async def repair_indexes(db: Database) -> list[str]:
+    """Rebuild every index left in index_definitions by an interrupted bulk load."""
+    async with _connection(db) as conn:
+        recorded = await _recorded(conn)
+        if not recorded:
+            return []
+        roots = []
+        for d in recorded:
+            root = await conn.fetchval(
+                "SELECT CASE WHEN c.relispartition "
+                "THEN pg_partition_root(c.oid)::regclass::text ELSE $1 END "
+                "FROM pg_class c WHERE c.oid = to_regclass($2)",
+                d.table,
+                _quote(d.table),
+            )
+            roots.append(root or d.table)
+        log.warning(
+            "[indexes] repairing indexes left dropped by an interrupted load: %s",
+            ", ".join(sorted({d.name for d in recorded})),
+        )
+        repaired = []
+        for root in dict.fromkeys(roots):
+            repaired += await rebuild_indexes(conn, root.strip('"'))
+        return repaired
+
+
+@contextlib.asynccontextmanager
+async def bulk_load(
+    db: Database,
+    table: Table | str,
+    *,
+    concurrently: bool | None = None,
+    maintenance_work_mem: str | None = "1GB",
+) -> AsyncIterator[list[IndexDefinition]]:
+    """Drop the table's secondary indexes for the block and rebuild them afterwards, also when
+    the block fails. Repairs leftovers of an interrupted earlier load first."""
+    await repair_indexes(db)
+    dropped = await drop_indexes(db, table)
+    try:
+        yield dropped
+    finally:
+        if dropped:
+            await rebuild_indexes(
+                db, table, concurrently=concurrently, maintenance_work_mem=maintenance_work_mem
+            )
