@@ -24,12 +24,7 @@ FIRST_STATEMENT_YEAR = 2007
 
 
 def quarter_end(year: int, quarter: int) -> date:
-    return {
-        1: date(year, 3, 31),
-        2: date(year, 6, 30),
-        3: date(year, 9, 30),
-        4: date(year, 12, 31),
-    }[quarter]
+    return date(year, 3 * quarter, 31 if quarter in (1, 4) else 30)
 
 
 def _deadline_window(year: int, quarter: int) -> tuple[date, date]:

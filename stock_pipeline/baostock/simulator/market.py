@@ -139,10 +139,10 @@ def _ou(e: np.ndarray, phi: float) -> np.ndarray:
     """x_t = phi * x_{t-1} + e_t, vectorised in blocks (the closed form loses precision if long)."""
     out = np.empty_like(e)
     state = 0.0
-    for s in range(0, len(e), 512):
-        block = e[s : s + 512]
+    for s in range(0, len(e), 2048):
+        block = e[s : s + 2048]
         powers = phi ** np.arange(len(block))
-        out[s : s + 512] = powers * (state * phi + np.cumsum(block / powers))
+        out[s : s + 2048] = powers * (state * phi + np.cumsum(block / powers))
         state = out[s + len(block) - 1]
     return out
 
@@ -167,9 +167,10 @@ def _uniforms(key: int, streams: int, idx: np.ndarray) -> np.ndarray:
 
 
 def _normals(key: int, streams: int, idx: np.ndarray) -> np.ndarray:
-    """Approximately standard-normal counter-based noise (Irwin-Hall of 4 uniforms)."""
-    u = _uniforms(key, streams * 4, idx).reshape(streams, 4, len(idx))
-    return (u.sum(axis=1) - 2.0) * math.sqrt(3.0)
+    """Bell-shaped counter-based noise with unit variance: a logistic draw (one hash per value,
+    slightly fatter tails than a normal, which suits price noise)."""
+    u = _uniforms(key, streams, idx) + (0.5 / (1 << 53))  # never exactly 0
+    return np.clip(np.log(u / (1.0 - u)) * (math.sqrt(3.0) / math.pi), -6.0, 6.0)
 
 
 @dataclass(frozen=True)
@@ -317,6 +318,12 @@ class Market:
         self._ipo_ord = np.array([self.listings[c].ipo.toordinal() for c in self._stock_codes])
         self._out_ord = np.array(
             [(self.listings[c].out or date.max).toordinal() for c in self._stock_codes]
+        )
+        self._code_ids = np.array([code_id(c) for c in self._stock_codes], dtype=np.int64)
+        self._sizes = np.array([self.listings[c].size for c in self._stock_codes])
+        self._is_sh = np.array([c.startswith("sh.") for c in self._stock_codes])
+        self._is_chinext = np.array(
+            [self.listings[c].board == BOARD_CHINEXT for c in self._stock_codes]
         )
         self._profiles: dict[str, _Profile] = {}
         self._series = _Lru(cache_size)
@@ -650,21 +657,28 @@ class Market:
         prof: _Profile,
         ipo_pop: float,
     ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, float, float, float]]]:
-        """Closes and precloses of traded days: events sequentially, the rest vectorised."""
+        """Closes and precloses of traded days: events sequentially, the rest vectorised.
+
+        Between events close = half_up(exp(path) * scale * 100) with a constant `scale` set by
+        the last event; the loop uses the very same float operations, so the close it assumes
+        for the day before an event is the one the vectorised pass produces.
+        """
         m = len(path)
-        path_l, ret_l, lim_l = path.tolist(), ret.tolist(), lim.tolist()
+        exp_path = np.exp(path)
+        ep, growth, lim_l = exp_path.tolist(), np.exp(ret).tolist(), lim.tolist()
         ev_close: dict[int, int] = {}
         ev_pre: dict[int, int] = {}
-        ev_corr: dict[int, float] = {}
+        ev_scale: list[float] = []
         ex_final: dict[int, tuple[int, float, float, float]] = {}
-        corr = 0.0
+        scale = 1.0
+        floor = math.floor
         for j in events:
             if j == 0:
                 prev = prof.p0_cents
             elif j - 1 in ev_close:
                 prev = ev_close[j - 1]
             else:
-                prev = _half_up_int(math.exp(path_l[j - 1] + corr) * 100)
+                prev = floor(ep[j - 1] * scale * 100 + 0.5 + 1e-9)
             pre = prev
             if j in ex_pos:
                 year, cash, stocks, reserve = ex_pos[j]
@@ -672,35 +686,36 @@ class Market:
                     stocks = reserve = 0.0
                 cash = min(cash, round(prev / 100 * 0.06, 3))
                 if cash >= 0.001 or stocks + reserve > 0:
-                    ratio = 1.0 + stocks + reserve
-                    pre = _half_up_int((prev - cash * 100) / ratio)
+                    pre = floor((prev - cash * 100) / (1.0 + stocks + reserve) + 0.5 + 1e-9)
                     ex_final[j] = (year, cash, stocks, reserve)
             if j == 0 and prof.ipo_in_window:
-                close = _half_up_int(prof.p0_cents * math.exp(ipo_pop))
+                close = floor(prof.p0_cents * math.exp(ipo_pop) + 0.5 + 1e-9)
             else:
-                close = _half_up_int(pre * math.exp(ret_l[j]))
+                close = floor(pre * growth[j] + 0.5 + 1e-9)
                 p = lim_l[j]
-                close = min(
-                    max(close, (pre * (100 - p) + 50) // 100), (pre * (100 + p) + 50) // 100
-                )
+                low, high = (pre * (100 - p) + 50) // 100, (pre * (100 + p) + 50) // 100
+                close = min(max(close, low), high)
             close = max(close, 1)
-            ev_close[j], ev_pre[j] = close, pre
-            corr = math.log(close / 100) - path_l[j]
-            ev_corr[j] = corr
+            ev_close[j] = close
+            ev_pre[j] = pre
+            scale = close / 100 / ep[j]
+            ev_scale.append(scale)
+        ev = np.fromiter(ev_close, dtype=np.int64, count=len(ev_close))
         idx = np.zeros(m, dtype=np.int64)
-        ev = np.fromiter(ev_corr, dtype=np.int64)
-        idx[ev] = ev
-        idx = np.maximum.accumulate(idx)
-        corr_arr = np.zeros(m)
-        corr_arr[ev] = np.fromiter(ev_corr.values(), dtype=np.float64)
-        close_tr = _half_up(np.exp(path + corr_arr[idx]) * 100).astype(np.int64)
-        close_tr[ev] = np.fromiter(ev_close.values(), dtype=np.int64)
+        idx[ev] = np.arange(len(ev))
+        marks = np.zeros(m, dtype=bool)
+        marks[ev] = True
+        # index of the latest event at or before each day (events include day 0)
+        latest = np.maximum.accumulate(np.where(marks, np.arange(m), 0))
+        scales = np.array(ev_scale)[idx[latest]]
+        close_tr = np.floor(exp_path * scales * 100 + 0.5 + 1e-9).astype(np.int64)
+        close_tr[ev] = np.fromiter(ev_close.values(), dtype=np.int64, count=len(ev))
         pre_tr = np.empty(m, dtype=np.int64)
         pre_tr[0] = prof.p0_cents
         pre_tr[1:] = close_tr[:-1]
-        for j, pre in ev_pre.items():
-            if j in ex_final or j == 0:
-                pre_tr[j] = pre
+        for j in ex_final:
+            pre_tr[j] = ev_pre[j]
+        pre_tr[0] = ev_pre[0]
         return close_tr, pre_tr, ex_final
 
     def _plan_date(self, code: str, year: int, ex_day: date) -> date:
@@ -1114,32 +1129,29 @@ class Market:
         if cached is not None:
             return cached
         o = review.toordinal()
-        seasoned = (self._ipo_ord <= o - 90) & (self._out_ord > o)
-        codes = [c for c, ok in zip(self._stock_codes, seasoned, strict=True) if ok]
-        if rule == "sh_all":
-            members = [c for c in codes if c.startswith("sh.")]
-        else:
-            period = review.year * 2 + (review.month > 6)
-
-            def score(c: str) -> float:
-                drift = _normals(code_id(c) * 7919 + self.seed, 1, np.array([period]))[0, 0] * 0.15
-                return self.listings[c].size + drift
-
-            if rule == "sz50":
-                pool = [c for c in codes if c.startswith("sh.")]
-                members = sorted(pool, key=score, reverse=True)[:50]
-            elif rule == "hs300":
-                members = sorted(codes, key=score, reverse=True)[:300]
-            elif rule == "zz500":
-                members = sorted(codes, key=score, reverse=True)[300:800]
-            elif rule == "sz_component":
-                pool = [c for c in codes if c.startswith("sz.")]
-                members = sorted(pool, key=score, reverse=True)[:500]
-            elif rule == "chinext100":
-                pool = [c for c in codes if self.listings[c].board == BOARD_CHINEXT]
-                members = sorted(pool, key=score, reverse=True)[:100]
-            else:
-                raise KeyError(f"unknown index rule {rule!r}")
+        # Ranked by a size score that drifts a little each half-year, so reviews change members.
+        period = review.year * 2 + (review.month > 6)
+        drift = _normals(self.seed * 7919 + period, 1, self._code_ids)[0] * 0.15
+        score = self._sizes + drift
+        eligible = (self._ipo_ord <= o - 90) & (self._out_ord > o)  # seasoned, still listed
+        pools = {
+            "sh_all": eligible & self._is_sh,
+            "sz50": eligible & self._is_sh,
+            "hs300": eligible,
+            "zz500": eligible,
+            "sz_component": eligible & ~self._is_sh,
+            "chinext100": eligible & self._is_chinext,
+        }
+        ranks = {"sh_all": None, "sz50": (0, 50), "hs300": (0, 300), "zz500": (300, 800)}
+        ranks.update({"sz_component": (0, 500), "chinext100": (0, 100)})
+        if rule not in pools:
+            raise KeyError(f"unknown index rule {rule!r}")
+        candidates = np.flatnonzero(pools[rule])
+        window = ranks[rule]
+        if window is not None:
+            order = candidates[np.argsort(-score[candidates], kind="stable")]
+            candidates = order[window[0] : window[1]]
+        members = [self._stock_codes[i] for i in candidates.tolist()]
         members = sorted(members)
         self._member_cache[key] = members
         return members
@@ -1173,7 +1185,11 @@ class Market:
             if hi <= lo:
                 continue
             for c in self._members_at_review(rule, review):
-                periods.setdefault(c, []).append((lo, hi))
+                spans = periods.setdefault(c, [])
+                if spans and spans[-1][1] == lo:  # still a member: extend the span
+                    spans[-1] = (spans[-1][0], hi)
+                else:
+                    spans.append((lo, hi))
         for c, spans in periods.items():
             prof = self._profile(c)
             series = self._series_of(c)
@@ -1190,12 +1206,12 @@ class Market:
                 num = self._bar_numbers(c, prof, series, k, "3", valuation=False)
                 step = np.searchsorted(series.share_steps, k, side="right")
                 w = num["preclose"] / 100.0 * series.liqa_after[step]
-                pos = k + prof.first - first
-                np.add.at(weight, pos, w)
+                pos = k + prof.first - first  # unique within one span: plain += is exact
+                weight[pos] += w
                 for f in sums:
-                    np.add.at(sums[f], pos, w * (num[f] / num["preclose"] - 1.0))
-                np.add.at(volume, pos, num["volume"])
-                np.add.at(amount, pos, num["amount"])
+                    sums[f][pos] += w * (num[f] / num["preclose"] - 1.0)
+                volume[pos] += num["volume"]
+                amount[pos] += num["amount"]
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = {f: np.where(weight > 0, s / weight, 0.0) for f, s in sums.items()}
         growth = 1.0 + rel["close"]
