@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -219,3 +220,34 @@ def _alive(pid: int | None) -> bool:
             return fh.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_slow_fault_adds_a_latency_spike() -> None:
+    config = SimulatorConfig(**SMALL, fault_codes={"sh.600000": "slow"}, spike_ms=300)
+    with SimulatorServer(config) as sim:
+        started = time.monotonic()
+        replies = exchange((sim.host, sim.port), [LOGIN, k_request("sh.600000")])
+        assert replies[1][1][0] == "0" and time.monotonic() - started >= 0.3
+
+
+def test_cli_serves_until_sigterm() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stock_pipeline.cli", "simulator", "--port", "0", "--n-codes", "60"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = ""
+        deadline = time.monotonic() + 60
+        while "listening on" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+        endpoint = line.split("listening on ")[1].split()[0]
+        host, port = endpoint.rsplit(":", 1)
+        replies = exchange((host, int(port)), [LOGIN, k_request("sh.600000")])
+        assert replies[1][1][0] == "0"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
