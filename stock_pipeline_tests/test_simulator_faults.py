@@ -131,6 +131,9 @@ def test_silent_connection_times_out() -> None:
         with pytest.raises(TimeoutError):
             exchange((sim.host, sim.port), [LOGIN, k_request("sh.600000")], timeout=0.5)
         assert time.monotonic() - started < 3
+        while sim.stats.active_connections and time.monotonic() - started < 5:
+            time.sleep(0.05)  # the server lets go of a silent connection once the client hangs up
+        assert sim.stats.active_connections == 0
 
 
 def test_random_fault_rates_and_hook() -> None:

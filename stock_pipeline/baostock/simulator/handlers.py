@@ -90,7 +90,8 @@ def all_stock(market: Market, params: tuple[str, ...]) -> Result:
     day_text = param(params, 0)
     day = parse_date(day_text) if day_text else market.end
     rows: list[list[str]] = []
-    if market.is_trading_day(day):
+    # Like BaoStock, a day without trading (holiday, or past the market's "today") is empty.
+    if market.start <= day <= market.end and market.is_trading_day(day):
         codes = [c for c in market.index_codes() if market.listings[c].ipo <= day]
         codes += market.codes(day)
         for code in sorted(codes):

@@ -48,6 +48,7 @@ FAULT_KINDS = frozenset(
     }
 )
 BAD_VALUE = "N/A"  # what a bad_value fault puts in a numeric field
+_SILENT = object()  # handle_line outcome: never answer this connection again
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,11 @@ class _Protocol:
                 except asyncio.LimitOverrunError:
                     return
                 session["requests"] += 1
-                keep_open = await self.handle_line(line, writer, session, conn_id)
-                if not keep_open:
+                outcome = await self.handle_line(line, writer, session, conn_id)
+                if outcome is _SILENT:
+                    await self._stay_silent(reader)
+                    return
+                if not outcome:
                     return
         finally:
             self.stats.active_connections -= 1
@@ -197,14 +201,24 @@ class _Protocol:
             with contextlib.suppress(Exception):
                 writer.close()
 
+    async def _stay_silent(self, reader: asyncio.StreamReader) -> None:
+        """Never answer again; return once the client hangs up or the server stops."""
+        hang_up = asyncio.ensure_future(reader.read())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({hang_up, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hang_up.cancel()
+            stop.cancel()
+
     async def handle_line(
         self,
         line: bytes,
         writer: asyncio.StreamWriter,
         session: dict[str, Any],
         conn_id: int,
-    ) -> bool:
-        """Answer one request; False means the connection must be closed."""
+    ) -> object:
+        """Answer one request: True keeps the connection, False closes it, _SILENT stalls it."""
         try:
             req = p.decode_request(line)
         except p.ProtocolError as exc:
@@ -229,8 +243,7 @@ class _Protocol:
             await asyncio.sleep(delay / 1000.0)
 
         if fault == FAULT_SILENT:
-            await self.stopping.wait()
-            return False
+            return _SILENT
         if not self.limiter.allow():
             self.stats.faults["rate_limit"] += 1
             body = self._error_body(p.RATE_LIMIT_ERROR_CODE, req, p.RATE_LIMIT_MESSAGE)
