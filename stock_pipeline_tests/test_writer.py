@@ -343,6 +343,32 @@ def test_unchanged_rows_add_no_dead_tuples_and_a_correction_propagates(pg_dsn: s
     assert after[7][0] > stamps[7][0]
 
 
+def test_upsert_merges_a_key_a_concurrent_writer_stored_meanwhile(pg_dsn: str, engine: Engine):
+    """A chunk whose key range looked empty is COPYed straight in; when another session commits
+    one of its keys first, the chunk is merged instead of failing."""
+    rows = daily_rows(codes=3, days=3)
+
+    async def scenario(pool: asyncpg.Pool) -> writer.WriteResult:
+        await writer.ensure_partitions(pool, stock_daily, [2024])
+        async with pool.acquire() as other:
+            transaction = other.transaction()
+            await transaction.start()
+            await other.execute(
+                "INSERT INTO stock_daily (code, trade_date, close) VALUES ('sh.600001', $1, -1)",
+                dt.date(2024, 1, 3),
+            )
+            write = asyncio.create_task(upsert(pool, stock_daily, rows))
+            await asyncio.sleep(0.5)  # the COPY now waits on the uncommitted key
+            await transaction.commit()
+            return await write
+
+    result = run(pg_dsn, scenario)
+    assert (result.rows, result.changed) == (9, 9)
+    stored = fetch(engine, "SELECT code, trade_date, close FROM stock_daily ORDER BY 1, 2")
+    expected = [(r.code, r.trade_date.date(), r.close) for r in rows.itertuples()]
+    assert stored == expected
+
+
 def test_upsert_without_value_columns_inserts_missing_keys_only(pg_dsn: str, engine: Engine):
     members = pd.DataFrame(
         {"index_code": "sh.000300", "update_date": dt.date(2024, 6, 3), "code": ["a", "b", "c"]}

@@ -213,21 +213,40 @@ class _Batch:
         )
 
     def _collapse_duplicates(self) -> None:
-        """Keep the last row of every key. Input sorted by key (a backfill in code order, a day
-        in code order) is recognised in O(n) without hashing."""
+        """Order the batch by key and keep the last row of every key.
+
+        Input already in key order (a backfill in code order, a day in code order) is
+        recognised in O(n) and left as it is. Key order makes each chunk a narrow key range
+        (see `key_bounds`) and index insertions local.
+        """
         n = len(self.frame)
-        if n < 2 or self._strictly_increasing():
+        if n < 2 or not self.key or self._strictly_increasing():
             return
-        keys = pd.DataFrame({k: self._key_values(self.prepared[k]) for k in self.key})
-        dropped = keys.duplicated(keep="last").to_numpy()
-        if not dropped.any():
-            return
-        keep = ~dropped
-        self.duplicates = int(dropped.sum())
-        self.frame = self.frame.iloc[np.flatnonzero(keep)].reset_index(drop=True)
+        sortable = []
+        for name in self.key:
+            col = self.prepared[name]
+            values = self._key_values(col)
+            # Ranks of the text values in sorted order; other kinds sort as they are.
+            sortable.append(pd.factorize(values, sort=True)[0] if col.kind == "text" else values)
+        order = np.lexsort(sortable[::-1])  # stable: equal keys keep their input order
+        ranked = [key[order] for key in sortable]
+        same_as_next = np.ones(n - 1, dtype=bool)
+        for key in ranked:
+            same_as_next &= key[1:] == key[:-1]
+        keep = np.append(~same_as_next, True)
+        self.duplicates = int(n - keep.sum())
+        self.frame = self.frame.iloc[order[keep]].reset_index(drop=True)
         self.prepared = {
             name: self._prepare(self.table.c[name], self.frame[name], 0) for name in self.prepared
         }
+
+    def key_bounds(self, chunk: _Chunk) -> tuple[list[Any], list[Any]]:
+        """The smallest and largest key of a chunk (the batch is in key order), as values for
+        query parameters."""
+        columns = [self.prepared[k] for k in self.key]
+        first = to_records([c.slice(chunk.start, chunk.start + 1) for c in columns])[0]
+        last = to_records([c.slice(chunk.stop - 1, chunk.stop) for c in columns])[0]
+        return list(first), list(last)
 
     @staticmethod
     def _key_values(col: PreparedColumn) -> np.ndarray:
@@ -575,10 +594,29 @@ def _check_window(
             )
 
 
+def _key_range(alias: str, key: Sequence[str]) -> str:
+    """`alias`'s key between parameters $1.. (lowest key) and $n+1.. (highest key)."""
+    columns = ", ".join(f"{alias}.{_quote(k)}" for k in key)
+    low = ", ".join(f"${i + 1}" for i in range(len(key)))
+    high = ", ".join(f"${i + 1 + len(key)}" for i in range(len(key)))
+    return f"ROW({columns}) >= ROW({low}) AND ROW({columns}) <= ROW({high})"
+
+
+def _overlap_sql(target: str, batch: _Batch) -> str:
+    """Whether any stored row has a key within a chunk's key range (one index probe)."""
+    return f"SELECT EXISTS (SELECT 1 FROM {_quote(target)} o WHERE {_key_range('o', batch.key)})"
+
+
 def _upsert_sql(target: str, staging: str, batch: _Batch) -> str:
+    """INSERT ... SELECT from the staging table, skipping rows equal to the stored ones.
+
+    The NOT EXISTS probe is limited to the chunk's key range ($1.. to $n..), so it reads only
+    the stored rows the chunk can touch, whatever plan the planner picks.
+    """
     columns = ", ".join(map(_quote, batch.column_names))
     key = ", ".join(map(_quote, batch.key))
     match = " AND ".join(f"o.{_quote(k)} = s.{_quote(k)}" for k in batch.key)
+    match += " AND " + _key_range("o", batch.key)
     values = batch.value_columns
     if not values:
         # Every column is part of the key: a present row cannot differ.
@@ -628,6 +666,8 @@ async def upsert(
     size = _chunk_rows(chunk_rows)
     staging = _quote(f"_upsert_{table.name}")
     sql = _upsert_sql(table.name, staging, batch)
+    overlap = _overlap_sql(table.name, batch)
+    columns = ", ".join(map(_quote, batch.column_names))
 
     async def body(conn: asyncpg.Connection, how: Method, current: list) -> tuple[int, int]:
         # Shared: upserts of one table run together; replace_window waits for them.
@@ -635,23 +675,36 @@ async def upsert(
             "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))",
             f"stock_pipeline.write:{table.name}",
         )
-        columns = ", ".join(map(_quote, batch.column_names))
-        await conn.execute(
-            f"DROP TABLE IF EXISTS pg_temp.{staging}; "
-            f"CREATE TEMPORARY TABLE {staging} ON COMMIT DROP AS "
-            f"SELECT {columns} FROM {_quote(table.name)} WITH NO DATA"
-        )
+        staged = False
         changed = count = 0
         async with contextlib.aclosing(batch.chunks(size, how)) as chunks:
             async for chunk in chunks:
                 current[0] = chunk
-                if count:
-                    await conn.execute(f"TRUNCATE {staging}")
-                await _write_chunk(conn, f"_upsert_{table.name}", batch.column_names, chunk, how)
-                status = await conn.execute(sql)
-                changed += int(status.split()[-1])
                 count += 1
-        await conn.execute(f"DROP TABLE {staging}")
+                bounds = [*sum(batch.key_bounds(chunk), [])]
+                if how == "copy" and not await conn.fetchval(overlap, *bounds):
+                    # Nothing stored in this key range: every row is new, COPY it straight in.
+                    try:
+                        async with conn.transaction():
+                            await _write_chunk(conn, table.name, batch.column_names, chunk, how)
+                        changed += len(chunk)
+                        continue
+                    except asyncpg.UniqueViolationError:
+                        pass  # a concurrent writer stored one of these keys: merge instead
+                if staged:
+                    await conn.execute(f"TRUNCATE {staging}")
+                else:
+                    await conn.execute(
+                        f"DROP TABLE IF EXISTS pg_temp.{staging}; "
+                        f"CREATE TEMPORARY TABLE {staging} ON COMMIT DROP AS "
+                        f"SELECT {columns} FROM {_quote(table.name)} WITH NO DATA"
+                    )
+                    staged = True
+                await _write_chunk(conn, f"_upsert_{table.name}", batch.column_names, chunk, how)
+                status = await conn.execute(sql, *bounds)
+                changed += int(status.split()[-1])
+        if staged:
+            await conn.execute(f"DROP TABLE {staging}")
         return changed, count
 
     (changed, chunks), used = await _run(db, batch, "upsert", method, body)
