@@ -393,6 +393,18 @@ def test_upsert_keeps_columns_the_batch_does_not_carry(pg_dsn: str, engine: Engi
     assert fetch(engine, "SELECT count(*) FROM stock_daily WHERE close IS NULL") == [(0,)]
 
 
+def test_append_copies_new_rows_and_rejects_a_stored_key(pg_dsn: str, engine: Engine):
+    rows = daily_rows(codes=2, days=3)
+    result = run(pg_dsn, lambda pool: writer.append(pool, stock_daily, rows.iloc[:4]))
+    assert (result.operation, result.rows, result.changed) == ("append", 4, 4)
+    snapshot = checksum(engine)
+    with pytest.raises(WriteError) as caught:
+        run(pg_dsn, lambda pool: writer.append(pool, stock_daily, rows.iloc[2:], chunk_rows=1))
+    assert str(caught.value).startswith("stock_daily: duplicate key value violates unique")
+    assert str(caught.value).endswith("(key code=sh.600000, trade_date=2024-01-04)")
+    assert checksum(engine) == snapshot
+
+
 # -- windows and partitions ----------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ and a DataFrame whose columns are a subset of the table's:
   WAL, no row locks. A changed value (a source correction) is written, with `updated_at` set.
 - `replace_window`: for trade_date-partitioned tables, delete [start, end] (optionally only for
   some codes) and COPY the rows straight into the table: no temporary table, the window is empty.
+- `append`: COPY the rows in as they are (append-only data; a stored key is an error).
 
 Common to both: duplicate keys in a batch collapse to the last row; a bad value raises WriteError
 naming the table, the column and a key, and nothing of the batch is written; missing yearly
@@ -565,6 +566,61 @@ async def replace_window(
     return result
 
 
+async def append(
+    db: Database,
+    table: Table | str,
+    rows: pd.DataFrame | Mapping[str, Any],
+    *,
+    chunk_rows: int | None = None,
+    method: Method = "copy",
+) -> WriteResult:
+    """COPY `rows` into `table` as they are, in one transaction: no window, no merge.
+
+    For append-only data (logs, snapshots under a new key). Duplicate keys inside the batch
+    collapse to the last row as everywhere; a key that is already stored makes the whole batch
+    fail with a WriteError naming it.
+    """
+    began = time.perf_counter()
+    table = _resolve(table)
+    partition_column = table.info.get("partition_column")
+    batch = _Batch(table, rows, extra_keys=[partition_column] if partition_column else [])
+    if partition_column:
+        await ensure_partitions(db, table, batch.years(partition_column))
+    size = _chunk_rows(chunk_rows)
+
+    async def body(conn: asyncpg.Connection, how: Method, current: list) -> tuple[int, int]:
+        count = 0
+        async with contextlib.aclosing(batch.chunks(size, how)) as chunks:
+            async for chunk in chunks:
+                current[0] = chunk
+                await _write_chunk(conn, table.name, batch.column_names, chunk, how)
+                count += 1
+        return len(batch), count
+
+    (written, chunks), used = await _run(db, batch, "append", method, body)
+    result = WriteResult(
+        table.name,
+        "append",
+        len(batch),
+        written,
+        0,
+        0,
+        batch.duplicates,
+        chunks,
+        time.perf_counter() - began,
+        used,
+    )
+    log.info(
+        "[writer] %s append: %d rows, %d chunks, %.2fs%s",
+        table.name,
+        result.rows,
+        chunks,
+        result.seconds,
+        "" if used == "copy" else " (INSERT fallback)",
+    )
+    return result
+
+
 def _check_window(
     batch: _Batch, date_column: str, start: date, end: date, codes: Sequence[str] | None
 ) -> None:
@@ -675,6 +731,8 @@ async def upsert(
             "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))",
             f"stock_pipeline.write:{table.name}",
         )
+        # Room to hash a chunk's stored rows in memory for the unchanged-row probe.
+        await conn.execute("SET LOCAL work_mem = '64MB'")
         staged = False
         changed = count = 0
         async with contextlib.aclosing(batch.chunks(size, how)) as chunks:

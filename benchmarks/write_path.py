@@ -1,0 +1,387 @@
+"""Benchmark: the warehouse write path, the same N synthetic stock_daily rows loaded every way.
+
+    uv run python benchmarks/write_path.py [--rows N] [--database-url URL] [--repeat K]
+
+(a) bare COPY into a plain table with no indexes, no key, no partitions: the limit. Timed from
+    the DataFrame with the fastest client path there is (the writer's NumPy binary encoder);
+    (a_records) is the same with asyncpg's copy_records_to_table fed by itertuples, for reference;
+(b) the seed's baseline: SQLAlchemy pg_insert().values(rows) ON CONFLICT DO UPDATE, batches
+    sized under asyncpg's 32,767-parameter cap, through an async engine. Run on --seed-rows rows
+    (default 40,000: at ~4k rows/s the full N would take minutes) and reported as rows/s;
+(c) SQLAlchemy executemany upsert, 5,000 dicts per call;
+(d) writer.replace_window into stock_daily (primary key + (trade_date, code) index), window empty;
+    (d_reference) is a bare COPY into that same indexed table: the gap between (a) and (d) is the
+    cost of maintaining the two indexes, the gap between (d_reference) and (d) is the writer's;
+(e) writer.upsert into the empty stock_daily;
+(f) the same upsert again, every row unchanged;
+(g) a full import of N technical_daily rows (33 columns, primary key + (trade_date, code) index)
+    with writer.replace_window: all indexes in place vs inside indexes.bulk_load (secondary index
+    dropped, loaded, rebuilt with maintenance_work_mem raised; the primary key stays, seed D2).
+
+Every method starts from an empty target after a CHECKPOINT. (b)-(f) all write stock_daily, so
+they pay the same index maintenance; (a) pays none, which is what "bare" means. With --repeat K
+the fast methods run K times and the best run counts (the machine is shared).
+
+The benchmark works in its own scratch database, dropped at the end, on the server given by
+--database-url or STOCK_PIPELINE_DATABASE_URL, else the embedded one under STOCK_PIPELINE_HOME.
+Prints one JSON object per line; the last line is the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import numpy as np
+import pandas as pd
+from sqlalchemy import MetaData, Table, create_engine
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from stock_pipeline.settings import Settings
+from stock_pipeline.warehouse import writer
+from stock_pipeline.warehouse.indexes import bulk_load
+from stock_pipeline.warehouse.tables import (
+    INDICATOR_COLUMNS,
+    index_definitions,
+    metadata,
+    stock_daily,
+    technical_daily,
+)
+from stock_pipeline.warehouse.urls import asyncpg_dsn, display_url, sqlalchemy_url
+
+PARAMETER_CAP = 32_767  # asyncpg's limit on bind parameters per statement
+CODES = 5_000
+
+
+def emit(record: dict[str, Any]) -> None:
+    print(json.dumps(record, ensure_ascii=False), flush=True)
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def _keys(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(code, trade_date) for n rows: CODES stocks x enough trading days, in key order."""
+    days = pd.bdate_range("2024-01-02", periods=-(-n // CODES))
+    codes = np.array([f"{'sh' if i % 2 else 'sz'}.{600000 + i:06d}" for i in range(CODES)])
+    return (
+        np.repeat(codes, len(days))[:n].astype(object),
+        np.tile(days.values.astype("datetime64[D]"), CODES)[:n],
+    )
+
+
+def daily_frame(n: int, seed: int = 1) -> pd.DataFrame:
+    """stock_daily-shaped rows; about 2% suspended days with NULL prices."""
+    rng = np.random.default_rng(seed)
+    code, day = _keys(n)
+    close = np.round(rng.uniform(3, 80, n), 2)
+    suspended = rng.random(n) < 0.02
+    price = np.where(suspended, np.nan, close)
+    return pd.DataFrame(
+        {
+            "code": code,
+            "trade_date": day,
+            "open": np.round(price * rng.uniform(0.97, 1.03, n), 2),
+            "high": np.round(price * 1.03, 2),
+            "low": np.round(price * 0.97, 2),
+            "close": price,
+            "pre_close": np.round(close * rng.uniform(0.9, 1.1, n), 2),
+            "pct_chg": np.where(suspended, np.nan, np.round(rng.normal(0, 2, n), 4)),
+            "volume": pd.array(np.where(suspended, 0, rng.integers(10_000, 10**8, n))),
+            "amount": np.round(close * rng.uniform(1e5, 1e8, n), 2),
+            "turnover": np.round(rng.uniform(0, 8, n), 4),
+            "trade_status": ~suspended,
+            "is_st": rng.random(n) < 0.03,
+            "pe_ttm": np.round(rng.uniform(-50, 200, n), 4),
+            "pb_mrq": np.round(rng.uniform(0.3, 20, n), 4),
+            "ps_ttm": np.round(rng.uniform(0.1, 30, n), 4),
+            "pcf_ncf_ttm": np.round(rng.uniform(-100, 100, n), 4),
+            "back_adjust_factor": np.round(rng.uniform(1, 20, n), 6),
+        }
+    )
+
+
+def technical_frame(n: int, seed: int = 2) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    code, day = _keys(n)
+    values = rng.uniform(0, 100, (n, len(INDICATOR_COLUMNS)))
+    frame = pd.DataFrame(values, columns=list(INDICATOR_COLUMNS))
+    frame.insert(0, "trade_date", day)
+    frame.insert(0, "code", code)
+    return frame
+
+
+def window(frame: pd.DataFrame) -> dict[str, dt.date]:
+    days = frame["trade_date"].to_numpy()
+    return {"start": pd.Timestamp(days.min()).date(), "end": pd.Timestamp(days.max()).date()}
+
+
+def seed_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """What the original code did before writing: dicts with None for NaN, dates as dates."""
+    out = frame.astype(object).where(frame.notna(), None)
+    out["trade_date"] = [d.date() for d in pd.to_datetime(frame["trade_date"])]
+    return out.to_dict("records")
+
+
+# -- the methods ---------------------------------------------------------------------------------
+
+
+async def bare_copy(pool: asyncpg.Pool, table: Table, frame: pd.DataFrame) -> None:
+    """(a) COPY into a table through the writer's encoder, nothing else (writer.append)."""
+    await writer.append(pool, table, frame)
+
+
+async def bare_copy_records(pool: asyncpg.Pool, table: Table, frame: pd.DataFrame) -> None:
+    """(a_records) asyncpg's copy_records_to_table, tuples from itertuples (NaN to None)."""
+    clean = frame.astype(object).where(frame.notna(), None)
+    clean["trade_date"] = [d.date() for d in pd.to_datetime(frame["trade_date"])]
+    async with pool.acquire() as conn, conn.transaction():
+        for start in range(0, len(clean), 50_000):
+            part = clean.iloc[start : start + 50_000]
+            await conn.copy_records_to_table(
+                table.name,
+                records=part.itertuples(index=False, name=None),
+                columns=list(frame.columns),
+            )
+
+
+def _conflict_update(table: Table, statement: Any) -> Any:
+    key = [c.name for c in table.primary_key.columns]
+    return statement.on_conflict_do_update(
+        index_elements=key,
+        set_={c.name: statement.excluded[c.name] for c in table.c if c.name not in key},
+    )
+
+
+async def seed_values(url: str, table: Table, frame: pd.DataFrame) -> None:
+    """(b) the original design: insert().values(batch) ON CONFLICT DO UPDATE."""
+    engine = create_async_engine(sqlalchemy_url(url, "asyncpg"))
+    try:
+        records = seed_records(frame)
+        batch = min(5_000, PARAMETER_CAP // len(frame.columns))
+        async with engine.begin() as conn:
+            for start in range(0, len(records), batch):
+                statement = pg_insert(table).values(records[start : start + batch])
+                await conn.execute(_conflict_update(table, statement))
+    finally:
+        await engine.dispose()
+
+
+async def sqlalchemy_executemany(url: str, table: Table, frame: pd.DataFrame) -> None:
+    """(c) SQLAlchemy executemany of an ON CONFLICT DO UPDATE insert, 5,000 dicts per call."""
+    engine = create_async_engine(sqlalchemy_url(url, "asyncpg"))
+    try:
+        records = seed_records(frame)
+        statement = _conflict_update(table, pg_insert(table))
+        async with engine.begin() as conn:
+            for start in range(0, len(records), 5_000):
+                await conn.execute(statement, records[start : start + 5_000])
+    finally:
+        await engine.dispose()
+
+
+# -- harness -------------------------------------------------------------------------------------
+
+
+async def fresh(pool: asyncpg.Pool, *tables: str) -> None:
+    """Empty the targets and flush dirty pages, so no method pays for another's checkpoint."""
+    async with pool.acquire() as conn:
+        for name in tables:
+            await conn.execute(f'TRUNCATE "{name}"')
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CHECKPOINT")
+
+
+async def timed(work: Callable[[], Awaitable[Any]]) -> float:
+    began = time.perf_counter()
+    await work()
+    return time.perf_counter() - began
+
+
+def report(method: str, rows: int, seconds: float, **extra: Any) -> dict[str, Any]:
+    record = {
+        "method": method,
+        "rows": rows,
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(rows / seconds),
+        **extra,
+    }
+    emit(record)
+    return record
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(server_url: str) -> AsyncIterator[str]:
+    name = f"write_path_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(asyncpg_dsn(server_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield asyncpg_dsn(server_url, database=name)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def create_tables(url: str) -> Table:
+    """The warehouse tables used here, plus `bare_daily`: stock_daily's columns and nothing
+    else (no key, no index, no partitions)."""
+    engine = create_engine(sqlalchemy_url(url, "psycopg2"))
+    try:
+        metadata.create_all(engine, tables=[stock_daily, technical_daily, index_definitions])
+        columns = [c._copy() for c in stock_daily.c]
+        for column in columns:
+            column.primary_key = False
+        scratch = MetaData()
+        bare = Table("bare_daily", scratch, *columns)
+        scratch.create_all(engine)
+        return bare
+    finally:
+        engine.dispose()
+
+
+async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dict[str, Any]:
+    bare = create_tables(url)
+    daily = daily_frame(rows)
+    technical = technical_frame(rows)
+    async with asyncpg.create_pool(url, min_size=2, max_size=4) as pool:
+        version = await pool.fetchval("SHOW server_version")
+        emit({"setup": "write_path", "postgres": version, "rows": rows, "repeat": repeat})
+        years = sorted({d.year for d in pd.to_datetime(daily["trade_date"].unique())})
+        await writer.ensure_partitions(pool, stock_daily, years)
+        await writer.ensure_partitions(pool, technical_daily, years)
+
+        async def best(name: str, target: str, work: Callable[[], Awaitable[Any]]) -> float:
+            seconds = []
+            for _ in range(repeat):
+                await fresh(pool, target)
+                seconds.append(await timed(work))
+            return min(seconds)
+
+        a = await best("a", "bare_daily", lambda: bare_copy(pool, bare, daily))
+        report("a_bare_copy_unindexed", rows, a, target="bare_daily (no key, no index)")
+        a_records = await best("a", "bare_daily", lambda: bare_copy_records(pool, bare, daily))
+        report("a_records_copy_unindexed", rows, a_records, client="copy_records_to_table")
+
+        subset = daily.iloc[:seed_rows]
+        await fresh(pool, "stock_daily")
+        b = await timed(lambda: seed_values(url, stock_daily, subset))
+        batch = min(5_000, PARAMETER_CAP // len(daily.columns))
+        report(
+            "b_seed_values_upsert",
+            len(subset),
+            b,
+            rows_per_s_note=f"measured on {len(subset)} rows, ratios use rows/s",
+            rows_per_statement=batch,
+        )
+        b_rate = len(subset) / b
+
+        await fresh(pool, "stock_daily")
+        c = await timed(lambda: sqlalchemy_executemany(url, stock_daily, daily))
+        report("c_sqlalchemy_executemany_upsert", rows, c)
+
+        d = await best(
+            "d",
+            "stock_daily",
+            lambda: writer.replace_window(pool, stock_daily, daily, **window(daily)),
+        )
+        report("d_writer_replace_window", rows, d, target="stock_daily (pk + ix)")
+        d_ref = await best("d", "stock_daily", lambda: bare_copy(pool, stock_daily, daily))
+        report(
+            "d_reference_bare_copy_into_stock_daily",
+            rows,
+            d_ref,
+            target="stock_daily (pk + ix)",
+            note="bare COPY into the indexed table: what replace_window costs beyond the indexes",
+            replace_vs_this=round(d_ref / d, 3),
+        )
+
+        e_runs, f_runs = [], []
+        for _ in range(repeat):
+            await fresh(pool, "stock_daily")
+            e_runs.append(await timed(lambda: writer.upsert(pool, stock_daily, daily)))
+            with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+                await pool.execute("CHECKPOINT")
+            f_runs.append(await timed(lambda: writer.upsert(pool, stock_daily, daily)))
+        e, f = min(e_runs), min(f_runs)
+        report("e_writer_upsert_empty", rows, e)
+        report("f_writer_upsert_unchanged", rows, f)
+
+        g_indexed = await best(
+            "g",
+            "technical_daily",
+            lambda: writer.replace_window(pool, technical_daily, technical, **window(technical)),
+        )
+        report("g_full_import_with_indexes", rows, g_indexed, target="technical_daily")
+
+        async def managed() -> None:
+            async with bulk_load(pool, technical_daily, concurrently=False):
+                await writer.replace_window(pool, technical_daily, technical, **window(technical))
+
+        g_managed = await best("g", "technical_daily", managed)
+        report("g_full_import_index_management", rows, g_managed, target="technical_daily")
+
+    a_rate = rows / a
+    summary = {
+        "summary": "write_path",
+        "rows": rows,
+        "replace_vs_bare_copy": round((rows / d) / a_rate, 3),
+        "replace_vs_seed_values": round((rows / d) / b_rate, 1),
+        "upsert_vs_executemany": round((rows / e) / (rows / c), 2),
+        "upsert_unchanged_time_vs_first": round(f / e, 3),
+        "index_mgmt_speedup": round(g_indexed / g_managed, 2),
+        "postgres": version,
+    }
+    return summary
+
+
+def server_url(given: str | None) -> tuple[str, Callable[[], None]]:
+    """The server to use and how to let it go afterwards."""
+    url = given or os.environ.get("STOCK_PIPELINE_DATABASE_URL")
+    if url:
+        return url, lambda: None
+    from stock_pipeline.embedded.postgres import EmbeddedPostgres
+
+    server = EmbeddedPostgres(Settings.from_env().home / "postgres")
+    was_running = server.is_running()
+    server.start()
+    return server.url(), (lambda: None) if was_running else server.stop
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--seed-rows", type=int, default=40_000, help="rows for method (b)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each fast method")
+    parser.add_argument("--database-url", help="a PostgreSQL server (its maintenance DB)")
+    args = parser.parse_args(argv)
+    url, release = server_url(args.database_url)
+    emit({"server": display_url(url)})
+    try:
+
+        async def go() -> dict[str, Any]:
+            async with scratch_database(url) as scratch:
+                return await run_benchmark(
+                    scratch, args.rows, min(args.seed_rows, args.rows), max(1, args.repeat)
+                )
+
+        emit(asyncio.run(go()))
+    finally:
+        release()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
