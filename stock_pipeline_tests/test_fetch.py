@@ -210,6 +210,25 @@ def test_sync_pool_runs_a_batch_fetch(sim: SimulatorServer, codes: list[str]) ->
     assert result.failures == {} and set(result.frame["code"]) == set(codes[:10])
 
 
+def test_batches_can_be_streamed_to_a_sink(sim: SimulatorServer, codes: list[str]) -> None:
+    received: list[pd.DataFrame] = []
+
+    async def sink(frame: pd.DataFrame) -> None:
+        await asyncio.sleep(0.01)  # e.g. a COPY into PostgreSQL
+        received.append(frame)
+
+    async def run() -> FetchResult:
+        async with BaostockPool(config(sim)) as pool:
+            return await fetch_daily_bars(
+                pool, codes[:30], START, END, batch_size=10, on_batch=sink
+            )
+
+    result = asyncio.run(run())
+    assert len(received) == 3 and len(result.frame) == 0
+    assert result.rows == sum(len(f) for f in received) > 0
+    assert set(pd.concat(received)["code"]) == set(codes[:30])
+
+
 def test_empty_fetch_has_typed_columns(sim: SimulatorServer) -> None:
     async def run() -> FetchResult:
         async with BaostockPool(config(sim, concurrency=1)) as pool:

@@ -23,7 +23,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,8 @@ from stock_pipeline.baostock.typed import empty_frame, to_frame, to_frame_by_key
 logger = logging.getLogger("stock_pipeline.baostock")
 
 DEFAULT_BATCH_SIZE = 100
+# Receives each batch's typed frame when the caller streams results (e.g. into COPY).
+BatchSink = Callable[[pd.DataFrame], Awaitable[None] | None]
 
 
 @dataclass
@@ -70,6 +72,7 @@ class FetchResult:
     failures: dict[str, str]
     requested: int
     batches: int
+    rows: int = 0  # typed rows fetched (in `frame`, or handed to `on_batch`)
     retried: int = 0  # keys retried at the end of their batch
     server_requests: int = 0
     timings: FetchTimings = field(default_factory=FetchTimings)
@@ -77,10 +80,6 @@ class FetchResult:
     @property
     def succeeded(self) -> int:
         return self.requested - len(self.failures)
-
-    @property
-    def rows(self) -> int:
-        return len(self.frame)
 
     @property
     def codes_per_s(self) -> float:
@@ -124,12 +123,15 @@ async def fetch_many(
     *,
     label: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: BatchSink | None = None,
 ) -> FetchResult:
     """Run `api` once per key with `requests[key]` as keyword arguments, batch by batch.
 
     Returns a FetchResult whose `frame` holds the typed rows of every key that succeeded (with
     the catalog's snake_case columns) and whose `failures` maps each failed key to its reason.
-    Raises only if the pool is closed underneath.
+    With `on_batch`, each batch's typed frame is handed to it instead (sync or async, one call
+    at a time) and `frame` stays empty: memory stays bounded for long histories.
+    Raises only if the pool is closed underneath (or if `on_batch` raises).
     """
     label = label or api
     keys = list(requests)
@@ -140,10 +142,11 @@ async def fetch_many(
     timings = FetchTimings()
     failures: dict[str, str] = {}
     frames: list[pd.DataFrame] = []
-    counters = {"retried": 0, "server_requests": 0}
+    counters = {"retried": 0, "server_requests": 0, "rows_delivered": 0}
     debug = logger.isEnabledFor(logging.DEBUG)
     # Twice the sessions: enough queued work to bridge batch boundaries, bounded memory.
     window = asyncio.Semaphore(pool.concurrency * 2)
+    sink_lock = asyncio.Lock()
     started = time.perf_counter()
 
     async def run_one(key: str, release: bool) -> QueryResult | BaostockError:
@@ -197,7 +200,14 @@ async def fetch_many(
         parse_started = time.perf_counter()
         frame, bad = await asyncio.to_thread(_typed_batch, api, outcomes)
         timings.parse_s += time.perf_counter() - parse_started
-        frames.append(frame)
+        if on_batch is None:
+            frames.append(frame)
+        else:
+            async with sink_lock:
+                delivered = on_batch(frame)
+                if delivered is not None:
+                    await delivered
+            counters["rows_delivered"] += len(frame)
         batch_failures = {k: str(o) for k, o in outcomes.items() if isinstance(o, BaostockError)}
         batch_failures.update(bad)
         for key, reason in batch_failures.items():
@@ -239,6 +249,7 @@ async def fetch_many(
         failures=dict(sorted(failures.items())),
         requested=len(keys),
         batches=len(batches),
+        rows=len(frame) + counters["rows_delivered"],
         retried=counters["retried"],
         server_requests=counters["server_requests"],
         timings=timings,
@@ -310,12 +321,13 @@ async def fetch_daily_bars(
     fields: Sequence[Field] | None = None,
     label: str = "p0.daily_bars",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: BatchSink | None = None,
 ) -> FetchResult:
     """K-lines of `codes` from `start` to `end` (inclusive), one request per code.
 
     `adjustflag`: "3" unadjusted (default), "1" back-adjusted, "2" forward-adjusted.
     `fields` defaults to all daily fields (K_DAILY_FIELDS) or, for "w"/"m", K_PERIOD_FIELDS;
-    pass apis.K_INDEX_FIELDS for index codes.
+    pass apis.K_INDEX_FIELDS for index codes. `on_batch` streams frames (see `fetch_many`).
     """
     names = ",".join(f.name for f in (fields or kline_fields(frequency)))
     requests = {
@@ -330,7 +342,12 @@ async def fetch_daily_bars(
         for code in dict.fromkeys(codes)  # unique, order kept
     }
     return await fetch_many(
-        pool, "query_history_k_data_plus", requests, label=label, batch_size=batch_size
+        pool,
+        "query_history_k_data_plus",
+        requests,
+        label=label,
+        batch_size=batch_size,
+        on_batch=on_batch,
     )
 
 

@@ -23,7 +23,9 @@ through `SyncBaostockPool` from synchronous code such as Dagster assets.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -67,6 +69,8 @@ T = TypeVar("T")
 # Extra time the parent grants a worker beyond its own socket timeout before killing it: the
 # worker usually reports its socket timeout itself and keeps its process.
 _KILL_GRACE_S = 1.0
+# Requests sent ahead to each worker (see _Worker). 2 = one running, one waiting in its pipe.
+PIPELINE_DEPTH = 2
 _JOIN_TIMEOUT_S = 3.0
 
 
@@ -119,9 +123,10 @@ class PoolConfig:
 class QueryResult:
     """Rows of one request (all pages) as BaoStock sent them: lists of strings, in `fields` order.
 
-    Timings: `pool_wait_s` waiting for a free session, `rate_wait_s` for a rate-limit token,
-    `api_s` in the client (network plus its JSON parsing, all pages), `roundtrip_s` from sending
-    to the worker until its reply was read (api_s plus process hand-over).
+    Timings: `pool_wait_s` waiting for a session (for a place in a worker's pipeline, then
+    behind the request ahead in it), `rate_wait_s` for a rate-limit token, `api_s` in the client
+    (network plus its JSON parsing, all pages), `roundtrip_s` from when the worker could start
+    until its reply was read (api_s plus process hand-over).
     """
 
     api: str
@@ -223,7 +228,15 @@ def _worker_context() -> multiprocessing.context.BaseContext:
 
 
 class _Worker:
-    """Parent-side handle of one worker process (one BaoStock session)."""
+    """Parent-side handle of one worker process (one BaoStock session).
+
+    Requests are pipelined: up to PIPELINE_DEPTH of them may be sent to the worker, which
+    serves them one by one in order; the next one is already waiting in its pipe when the
+    previous finishes, so the parent's reaction time is off each request's critical path. The
+    server still sees one request at a time per session. Replies are matched to requests by
+    sequence number; a reply out of order breaks the worker (it is killed), and the reply of a
+    cancelled request is dropped on arrival, never handed to another caller.
+    """
 
     _start_lock = threading.Lock()  # Process.start() from executor threads, one at a time
 
@@ -234,14 +247,26 @@ class _Worker:
         self._seq = itertools.count(1)
         self.conn: Connection | None = None
         self.process: multiprocessing.process.BaseProcess | None = None
-        self.busy = False  # a call is awaiting this worker's reply right now
-        self.pending: int | None = None  # seq of a sent request whose reply was not read
+        self.load = 0  # requests assigned by the pool and not yet released
+        self.starting = asyncio.Lock()  # one replacement at a time
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # seq -> (future of its reply, when sent), in the order sent (= the order answered).
+        self._outstanding: collections.OrderedDict[int, tuple[asyncio.Future[Reply], float]] = (
+            collections.OrderedDict()
+        )
+        self._last_reply_at = 0.0
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    @property
+    def queued(self) -> int:
+        """Requests sent and not answered yet (including abandoned ones)."""
+        return len(self._outstanding)
+
     def start_blocking(self) -> None:
+        """Start the process (blocking: `start` runs it in an executor)."""
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=serve,
@@ -252,7 +277,45 @@ class _Worker:
         with self._start_lock:
             process.start()
         child_conn.close()
-        self.conn, self.process, self.pending = parent_conn, process, None
+        self.conn, self.process = parent_conn, process
+
+    async def start(self) -> None:
+        """Start the process and have the event loop read its replies as they arrive."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.start_blocking)
+        assert self.conn is not None
+        self._loop = loop
+        loop.add_reader(self.conn.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        assert self.conn is not None and self._loop is not None
+        try:
+            reply: Reply = self.conn.recv()  # a whole message: the worker sends it in one go
+        except (EOFError, OSError) as exc:
+            self._loop.remove_reader(self.conn.fileno())  # EOF stays readable: stop the calls
+            self._fail_outstanding(exc)
+            return
+        head = next(iter(self._outstanding), None)
+        if reply.seq != head:
+            self._fail_outstanding(
+                OSError(f"worker {self.slot}: reply {reply.seq}, expected {head}")
+            )
+            return
+        future, sent_at = self._outstanding.pop(head)
+        now = time.perf_counter()
+        # The worker started on it when it was sent or when the previous reply left, if later.
+        reply.queued_s = max(0.0, self._last_reply_at - sent_at)
+        self._last_reply_at = now
+        if not future.done():  # done = its caller was cancelled: drop the reply
+            future.set_result(reply)
+
+    def _fail_outstanding(self, error: BaseException) -> None:
+        outstanding, self._outstanding = self._outstanding, collections.OrderedDict()
+        for future, _ in outstanding.values():
+            if not future.done():
+                # RuntimeError: the loop is already closed (finalizer at interpreter exit).
+                with contextlib.suppress(RuntimeError):
+                    future.set_exception(type(error)(*error.args))
 
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
@@ -260,48 +323,18 @@ class _Worker:
     async def call(self, message: tuple[Any, ...], timeout: float) -> Reply:
         """Send one message and return its reply; raises TimeoutError, EOFError or OSError.
 
-        If an earlier caller was cancelled mid-request, its reply is still on the way: it is
-        read and discarded first (matched by sequence number), so it can never be taken for
-        this request's answer.
+        `timeout` counts from when the worker can start on the request: a request queued
+        behind others gets their share on top.
         """
-        assert self.conn is not None
-        self.busy = True
-        try:
-            async with asyncio.timeout(timeout):
-                if self.pending is not None:
-                    stale = await self._receive()
-                    if stale.seq != self.pending:
-                        raise OSError(f"worker {self.slot}: reply {stale.seq} out of order")
-                    self.pending = None
-                seq = next(self._seq)
-                self.conn.send((message[0], seq, *message[1:]))
-                self.pending = seq
-                reply = await self._receive()
-            if reply.seq != seq:
-                raise OSError(f"worker {self.slot} answered request {reply.seq}, expected {seq}")
-            self.pending = None
-            return reply
-        finally:
-            self.busy = False
-
-    async def _receive(self) -> Reply:
-        conn = self.conn
-        assert conn is not None
-        if not conn.poll():
-            loop = asyncio.get_running_loop()
-            ready = loop.create_future()
-
-            def on_readable() -> None:
-                if not ready.done():
-                    ready.set_result(None)
-
-            fd = conn.fileno()
-            loop.add_reader(fd, on_readable)
-            try:
-                await ready
-            finally:
-                loop.remove_reader(fd)
-        return conn.recv()  # a whole message: the worker sends it in one go
+        if self.conn is None:
+            raise EOFError(f"worker {self.slot} is not running")
+        seq = next(self._seq)
+        ahead = len(self._outstanding)
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self.conn.send((message[0], seq, *message[1:]))
+        self._outstanding[seq] = (future, time.perf_counter())
+        async with asyncio.timeout(timeout * (1 + ahead)):
+            return await future
 
     def kill(self) -> None:
         """SIGKILL the process now and reap it: its request and session are abandoned.
@@ -310,8 +343,12 @@ class _Worker:
         and an abandoned session has nothing left to clean up.
         """
         if self.conn is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(ValueError, OSError, RuntimeError):
+                    self._loop.remove_reader(self.conn.fileno())
             self.conn.close()
             self.conn = None
+        self._fail_outstanding(EOFError(f"worker {self.slot} was stopped"))
         process, self.process = self.process, None
         if process is None:
             return
@@ -351,9 +388,11 @@ class BaostockPool:
         self._workers: list[_Worker] = [
             _Worker(slot, self._ctx, self._worker_config) for slot in range(config.concurrency)
         ]
-        self._idle: asyncio.Queue[int] | None = None
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._turn = 0  # round-robin start among equally busy workers
         self._limiter: TokenBucket | None = None
         self._started = False
+        self._ready = False
         self._closed = False
         self._blacklist_streak = 0  # consecutive blacklist replies (reset by any other reply)
         self._probing = False  # a probe request is testing a tripped breaker
@@ -385,11 +424,12 @@ class BaostockPool:
         if self._started:
             return
         self._started = True
-        self._idle = asyncio.Queue()
         self._limiter = TokenBucket(self.config.qps)
         started = time.perf_counter()
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self._start_all_blocking)
+            for worker in self._workers:  # one at a time: forks from the forkserver are quick
+                await worker.start()
+                self.stats.workers_started += 1
             results = await asyncio.gather(
                 *(self._login_with_retries(w) for w in self._workers), return_exceptions=True
             )
@@ -402,12 +442,13 @@ class BaostockPool:
             await self.close()
             first = (permanent or failures)[0]
             raise type(first)(
-                f"cannot log in to {self.config.where}: {first}", api="login"
+                f"cannot log in to {self.config.where}: {first}",
+                api="login",
+                error_code=getattr(first, "error_code", None),
             ) from first
         for failure in failures:  # those sessions log in lazily on their first request
             logger.warning("[baostock] a session failed to log in, will retry: %s", failure)
-        for worker in self._workers:
-            self._idle.put_nowait(worker.slot)
+        self._ready = True
         logger.info(
             "[baostock] pool ready: %d sessions at %s, qps=%g, timeout=%gs, %.1fs",
             self.config.concurrency,
@@ -417,11 +458,6 @@ class BaostockPool:
             time.perf_counter() - started,
         )
 
-    def _start_all_blocking(self) -> None:
-        for worker in self._workers:
-            worker.start_blocking()
-            self.stats.workers_started += 1
-
     async def _login_with_retries(self, worker: _Worker) -> None:
         assert self._limiter is not None
         for attempt in range(1, self.config.max_retries + 2):
@@ -430,7 +466,7 @@ class BaostockPool:
                 reply = await worker.call(("login",), self._deadline)
             except (TimeoutError, EOFError, OSError) as exc:
                 self._kill(worker)
-                await asyncio.get_running_loop().run_in_executor(None, worker.start_blocking)
+                await worker.start()
                 self.stats.workers_started += 1
                 error: BaostockError = TransientError(f"login failed: {exc!r}", api="login")
             else:
@@ -455,7 +491,6 @@ class BaostockPool:
         TransientError when the retries are used up, PoolClosedError after close().
         """
         attempts = 0
-        pool_wait = rate_wait = 0.0
         while True:
             attempts += 1
             try:
@@ -478,8 +513,6 @@ class BaostockPool:
                 await asyncio.sleep(delay)
                 continue
             result.attempts = attempts
-            result.pool_wait_s += pool_wait
-            result.rate_wait_s += rate_wait
             return result
 
     def _backoff(self, attempt: int, error: BaseException) -> float:
@@ -487,30 +520,57 @@ class BaostockPool:
         ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
         return random.uniform(0.0, ceiling)
 
-    async def _acquire_slot(self) -> int:
-        if self._closed or self._idle is None:
-            raise PoolClosedError("the pool is closed" if self._closed else "call start() first")
-        slot = await self._idle.get()
-        if self._closed:
-            self._idle.put_nowait(slot)  # wake the next waiter, which also sees closed
-            raise PoolClosedError("the pool was closed while waiting for a session")
-        return slot
+    async def _acquire_worker(self) -> _Worker:
+        """The least busy worker with room in its pipeline; waits (FIFO) while all are full."""
+        while True:
+            if self._closed or not self._ready:
+                raise PoolClosedError(
+                    "the pool is closed" if self._closed else "call start() first"
+                )
+            candidates = [w for w in self._workers if w.load < PIPELINE_DEPTH]
+            if candidates:
+                # Ties rotate, so sequential callers spread over every session too.
+                n, turn = len(self._workers), self._turn
+                worker = min(candidates, key=lambda w: (w.load, w.queued, (w.slot - turn) % n))
+                self._turn = (worker.slot + 1) % n
+                worker.load += 1
+                return worker
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self._wake_next()  # pass on a wake-up this waiter may have consumed
+                raise
+
+    def _release_worker(self, worker: _Worker) -> None:
+        worker.load -= 1
+        self._wake_next()
+
+    def _wake_next(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def _attempt(self, api: str, params: dict[str, Any]) -> QueryResult:
-        assert self._limiter is not None and self._idle is not None
+        assert self._limiter is not None
         self._check_breaker(api, params, claim_probe=False)  # fail fast before queueing
         t0 = time.perf_counter()
-        slot = await self._acquire_slot()
+        worker = await self._acquire_worker()
         try:
             t1 = time.perf_counter()
             await self._limiter.acquire(lambda: self._check_breaker(api, params, False))
             t2 = time.perf_counter()
             probe = self._check_breaker(api, params, claim_probe=True)
-            worker = self._workers[slot]
-            if not worker.alive():
-                # Replaced lazily: a killed worker's successor starts when its slot is next used.
-                await asyncio.get_running_loop().run_in_executor(None, worker.start_blocking)
-                self.stats.workers_started += 1
+            if worker.conn is None:
+                # Replaced lazily: a killed worker's successor starts when it is next chosen.
+                # (A worker that died on its own shows up as EOF on its pipe, then is killed.)
+                async with worker.starting:
+                    if worker.conn is None:
+                        await worker.start()
+                        self.stats.workers_started += 1
             self.stats.requests += 1
             try:
                 reply = await worker.call(("query", api, params), self._deadline)
@@ -534,10 +594,10 @@ class BaostockPool:
             finally:
                 if probe:
                     self._probing = False
-            # On cancellation the worker keeps its pending reply; its next call discards it.
+            # On cancellation the worker still answers; the reply is dropped on arrival.
             t3 = time.perf_counter()
         finally:
-            self._idle.put_nowait(slot)
+            self._release_worker(worker)
         self.stats.server_requests += reply.server_requests
         self._limiter.debit(reply.server_requests - 1)
         if reply.relogged:
@@ -552,10 +612,10 @@ class BaostockPool:
             params=params,
             fields=reply.fields,
             rows=reply.rows,
-            pool_wait_s=t1 - t0,
+            pool_wait_s=t1 - t0 + reply.queued_s,
             rate_wait_s=t2 - t1,
             api_s=reply.call_s + reply.drain_s,
-            roundtrip_s=t3 - t2,
+            roundtrip_s=t3 - t2 - reply.queued_s,
             server_requests=reply.server_requests,
         )
 
@@ -614,15 +674,15 @@ class BaostockPool:
         if self._closed:
             return
         self._closed = True
-        idle = self._idle
-        if idle is not None:
-            idle.put_nowait(-1)  # wakes a waiter; each re-queues it for the next
+        for waiter in self._waiters:  # they wake up, see `closed` and fail
+            if not waiter.done():
+                waiter.set_result(None)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._deadline
-        while any(w.busy for w in self._workers) and loop.time() < give_up:
+        while any(w.load for w in self._workers) and loop.time() < give_up:
             await asyncio.sleep(0.01)
         await asyncio.gather(
-            *(w.shutdown(min(5.0, self._deadline)) for w in self._workers if not w.busy),
+            *(w.shutdown(min(5.0, self._deadline)) for w in self._workers if not w.load),
             return_exceptions=True,
         )
         for worker in self._workers:  # whatever survived (e.g. close() itself was cancelled)

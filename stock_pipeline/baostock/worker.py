@@ -16,6 +16,7 @@ What the worker fixes around the unmodified client:
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import signal
@@ -67,6 +68,7 @@ class Reply:
     call_s: float = 0.0  # the first page: network plus the client's JSON parsing
     drain_s: float = 0.0  # further pages and row collection
     relogged: bool = False  # the session was (re)established before this request
+    queued_s: float = 0.0  # set by the parent: time the request waited behind earlier ones
     output: list[str] = field(default_factory=list)  # what the client printed
 
 
@@ -142,6 +144,7 @@ class _Session:
         self.config = config
         self.capture = capture
         self.logged_in_at: float | None = None
+        self._signatures: dict[str, inspect.Signature] = {}
         if config.endpoint is not None:
             from stock_pipeline.baostock.endpoint import point_client_at
 
@@ -215,11 +218,19 @@ class _Session:
         if not api.startswith("query_") or not hasattr(self.bs, api):
             reply.error_code, reply.error_msg = BAD_REQUEST, f"baostock has no API {api!r}"
             return reply
+        function = getattr(self.bs, api)
+        if api not in self._signatures:
+            self._signatures[api] = inspect.signature(function)
+        try:
+            self._signatures[api].bind(**params)
+        except TypeError as exc:  # wrong keyword arguments for this API
+            reply.error_code, reply.error_msg = BAD_REQUEST, f"{api}: {exc}"
+            return reply
 
         _STATE.socket_error = None
         started = time.perf_counter()
         try:
-            result = getattr(self.bs, api)(**params)
+            result = function(**params)
             reply.server_requests += 1
             reply.call_s = time.perf_counter() - started
             if result is None:
@@ -237,9 +248,6 @@ class _Session:
                     rows.extend(result.data)
                     result.cur_row_num = len(result.data)
             reply.drain_s = time.perf_counter() - started - reply.call_s
-        except TypeError as exc:  # wrong keyword arguments for this API
-            reply.error_code, reply.error_msg = BAD_REQUEST, f"{api}: {exc}"
-            return reply
         except Exception as exc:  # a garbled reply can break the parser anywhere
             reply.error_code, reply.error_msg = CLIENT_FAILURE, f"{type(exc).__name__}: {exc}"
             self._drop_connection()
