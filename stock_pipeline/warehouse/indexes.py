@@ -23,113 +23,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 
 import asyncpg
 from sqlalchemy import Table
 
-from stock_pipeline.warehouse.writer import Database, _connection, _quote, _resolve
-
-log = logging.getLogger(__name__)
-
-_DEFINITION = re.compile(
-    r"^CREATE (?P<unique>UNIQUE )?INDEX (?P<name>.+?) ON (?P<only>ONLY )?(?P<table>.+?) "
-    r"USING (?P<body>.+)$",
-    re.DOTALL,
+from stock_pipeline.warehouse.catalog import (
+    Database,
+    IndexDefinition,
+    connection,
+    partitions,
+    quote,
+    secondary_indexes,
+    table_name,
+    table_oid,
 )
 
-
-@dataclass(frozen=True)
-class IndexDefinition:
-    """One index as PostgreSQL prints it: `definition` is pg_get_indexdef()."""
-
-    table: str
-    name: str
-    definition: str
-
-    @property
-    def _parts(self) -> re.Match[str]:
-        match = _DEFINITION.match(self.definition)
-        if match is None:
-            raise ValueError(f"cannot read index definition {self.definition!r}")
-        return match
-
-    @property
-    def body(self) -> str:
-        """What the index covers, e.g. 'btree (trade_date, code)': equal for a partitioned
-        index and the partition indexes attached to it."""
-        parts = self._parts
-        return f"{parts['unique'] or ''}USING {parts['body']}"
-
-    def create(self, *, recurse: bool = True, concurrently: bool = False) -> str:
-        """The CREATE INDEX statement; `recurse=False` keeps a partitioned parent's ON ONLY."""
-        parts = self._parts
-        only = "ONLY " if parts["only"] and not recurse else ""
-        how = "CONCURRENTLY " if concurrently else ""
-        return (
-            f"CREATE {parts['unique'] or ''}INDEX {how}{parts['name']} "
-            f"ON {only}{parts['table']} USING {parts['body']}"
-        )
-
-
-# -- catalog -------------------------------------------------------------------------------------
-
-
-async def _table_oid(conn: asyncpg.Connection, name: str) -> int | None:
-    return await conn.fetchval("SELECT to_regclass($1)::oid", _quote(name))
-
-
-async def _partitions(conn: asyncpg.Connection, table_oid: int) -> list[tuple[int, str]]:
-    rows = await conn.fetch(
-        "SELECT c.oid, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = $1 ORDER BY c.relname",
-        table_oid,
-    )
-    return [(r["oid"], r["relname"]) for r in rows]
-
-
-async def secondary_indexes(conn: asyncpg.Connection, table: Table | str) -> list[IndexDefinition]:
-    """The table's indexes that no constraint needs (not the primary key, not unique or
-    exclusion constraints), followed by the partition indexes attached to them."""
-    name = _resolve(table).name if isinstance(table, Table) else table
-    oid = await _table_oid(conn, name)
-    if oid is None:
-        raise LookupError(f"table {name} does not exist: run the migrations first")
-    rows = await conn.fetch(
-        """
-        SELECT i.indexrelid, ic.relname AS index_name, pg_get_indexdef(i.indexrelid) AS definition
-        FROM pg_index i
-        JOIN pg_class ic ON ic.oid = i.indexrelid
-        WHERE i.indrelid = $1
-          AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid
-                          AND c.contype IN ('p', 'u', 'x'))
-        ORDER BY ic.relname
-        """,
-        oid,
-    )
-    found = [IndexDefinition(name, r["index_name"], r["definition"]) for r in rows]
-    for row in rows:
-        children = await conn.fetch(
-            """
-            SELECT t.relname AS table_name, ic.relname AS index_name,
-                   pg_get_indexdef(ic.oid) AS definition
-            FROM pg_inherits h
-            JOIN pg_class ic ON ic.oid = h.inhrelid
-            JOIN pg_index x ON x.indexrelid = ic.oid
-            JOIN pg_class t ON t.oid = x.indrelid
-            WHERE h.inhparent = $1
-            ORDER BY t.relname
-            """,
-            row["indexrelid"],
-        )
-        found += [
-            IndexDefinition(c["table_name"], c["index_name"], c["definition"]) for c in children
-        ]
-    return found
-
+log = logging.getLogger(__name__)
 
 # -- drop ----------------------------------------------------------------------------------------
 
@@ -137,8 +48,8 @@ async def secondary_indexes(conn: asyncpg.Connection, table: Table | str) -> lis
 async def drop_indexes(db: Database, table: Table | str) -> list[IndexDefinition]:
     """Drop the table's secondary indexes, recording their definitions in index_definitions in
     the same transaction. Returns what was dropped (parents first, then partition indexes)."""
-    name = table if isinstance(table, str) else table.name
-    async with _connection(db) as conn, conn.transaction():
+    name = table_name(table)
+    async with connection(db) as conn, conn.transaction():
         found = await secondary_indexes(conn, name)
         if not found:
             return []
@@ -151,7 +62,7 @@ async def drop_indexes(db: Database, table: Table | str) -> list[IndexDefinition
         parents = [d for d in found if d.table == name]
         # Dropping a partitioned index drops the partition indexes attached to it.
         await conn.execute(
-            "DROP INDEX " + ", ".join(_quote(d.name) for d in parents)  # one lock round
+            "DROP INDEX " + ", ".join(quote(d.name) for d in parents)  # one lock round
         )
     log.info(
         "[indexes] %s: dropped %s (definitions kept in index_definitions)",
@@ -177,7 +88,7 @@ async def _index_state(conn: asyncpg.Connection, name: str) -> tuple[bool, str] 
     row = await conn.fetchrow(
         "SELECT i.indisvalid, pg_get_indexdef(i.indexrelid) AS definition FROM pg_index i "
         "WHERE i.indexrelid = to_regclass($1)",
-        _quote(name),
+        quote(name),
     )
     return None if row is None else (row["indisvalid"], row["definition"])
 
@@ -199,12 +110,12 @@ async def _rename_children(
         "SELECT t.relname AS table_name, ic.relname AS index_name FROM pg_inherits h "
         "JOIN pg_class ic ON ic.oid = h.inhrelid JOIN pg_index x ON x.indexrelid = ic.oid "
         "JOIN pg_class t ON t.oid = x.indrelid WHERE h.inhparent = to_regclass($1)",
-        _quote(parent.name),
+        quote(parent.name),
     )
     for row in rows:
         name = wanted.get(row["table_name"])
-        if name and name != row["index_name"] and await _table_oid(conn, name) is None:
-            await conn.execute(f"ALTER INDEX {_quote(row['index_name'])} RENAME TO {_quote(name)}")
+        if name and name != row["index_name"] and await table_oid(conn, name) is None:
+            await conn.execute(f"ALTER INDEX {quote(row['index_name'])} RENAME TO {quote(name)}")
 
 
 async def _drop_unattached(conn: asyncpg.Connection, children: Sequence[IndexDefinition]) -> None:
@@ -214,10 +125,10 @@ async def _drop_unattached(conn: asyncpg.Connection, children: Sequence[IndexDef
         orphan = await conn.fetchval(
             "SELECT NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass($1)) "
             "FROM pg_index WHERE indexrelid = to_regclass($1)",
-            _quote(child.name),
+            quote(child.name),
         )
         if orphan:
-            await conn.execute(f"DROP INDEX {_quote(child.name)}")
+            await conn.execute(f"DROP INDEX {quote(child.name)}")
 
 
 async def _build_concurrently(
@@ -226,19 +137,18 @@ async def _build_concurrently(
     parent: IndexDefinition,
     children: Sequence[IndexDefinition],
 ) -> None:
-    table_oid = await _table_oid(conn, table)
-    assert table_oid is not None
+    oid = await table_oid(conn, table)
+    assert oid is not None
     is_partitioned = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = $1)", table_oid
+        "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = $1)", oid
     )
     if not is_partitioned:
         await conn.execute(parent.create(concurrently=True))
         return
     # The parent stays invalid until every partition has an attached index.
     await conn.execute(parent.create(recurse=False))
-    parts = parent._parts
     recorded = {c.table: c.name for c in children}
-    for _, partition in await _partitions(conn, table_oid):
+    for _, partition in await partitions(conn, oid):
         name = recorded.get(partition)
         if name is not None and (state := await _index_state(conn, name)) is not None:
             # Left by a crash between this partition's build and its ATTACH: reuse it if it is
@@ -247,24 +157,21 @@ async def _build_concurrently(
             same = IndexDefinition(partition, name, definition).body == parent.body
             if valid and same:
                 await conn.execute(
-                    f"ALTER INDEX {_quote(parent.name)} ATTACH PARTITION {_quote(name)}"
+                    f"ALTER INDEX {quote(parent.name)} ATTACH PARTITION {quote(name)}"
                 )
                 continue
-            await conn.execute(f"DROP INDEX {_quote(name)}")
-        if name is None or await _table_oid(conn, name) is not None:
+            await conn.execute(f"DROP INDEX {quote(name)}")
+        if name is None or await table_oid(conn, name) is not None:
             name = await _free_index_name(conn, partition, parent.name)
-        await conn.execute(
-            f"CREATE {parts['unique'] or ''}INDEX CONCURRENTLY {_quote(name)} "
-            f"ON {_quote(partition)} USING {parts['body']}"
-        )
-        await conn.execute(f"ALTER INDEX {_quote(parent.name)} ATTACH PARTITION {_quote(name)}")
+        await conn.execute(parent.create_on(partition, name=name, concurrently=True))
+        await conn.execute(f"ALTER INDEX {quote(parent.name)} ATTACH PARTITION {quote(name)}")
 
 
 async def _free_index_name(conn: asyncpg.Connection, partition: str, parent: str) -> str:
     """A name for a partition index that was not recorded (a partition created meanwhile)."""
     base = f"{partition}_{parent}"[:59]
     name, suffix = base, 0
-    while await _table_oid(conn, name) is not None:
+    while await table_oid(conn, name) is not None:
         suffix += 1
         name = f"{base}{suffix}"
     return name
@@ -291,7 +198,7 @@ async def _rebuild_one(
         return "already there"
     if state is not None:
         # An interrupted CREATE INDEX CONCURRENTLY leaves an invalid index behind.
-        await conn.execute(f"DROP INDEX {_quote(parent.name)}")
+        await conn.execute(f"DROP INDEX {quote(parent.name)}")
     if concurrently:
         await _build_concurrently(conn, table, parent, children)
         await _forget(conn, [parent, *children])
@@ -315,7 +222,7 @@ async def _others_use(conn: asyncpg.Connection, table: str) -> bool:
               AND (l.relation = to_regclass($1) OR l.relation IN (
                    SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass($1))))
         """,
-        _quote(table),
+        quote(table),
     )
 
 
@@ -331,20 +238,20 @@ async def rebuild_indexes(
     concurrently: None decides by whether another session is using the table right now.
     maintenance_work_mem: set for the building session (sorts in memory instead of on disk).
     """
-    name = table if isinstance(table, str) else table.name
-    async with _connection(db) as conn:
+    name = table_name(table)
+    async with connection(db) as conn:
         recorded = await _recorded(conn)
-        partitions: set[str] = set()
-        table_oid = await _table_oid(conn, name)
-        if table_oid is not None:
-            partitions = {p for _, p in await _partitions(conn, table_oid)}
+        partition_names: set[str] = set()
+        oid = await table_oid(conn, name)
+        if oid is not None:
+            partition_names = {p for _, p in await partitions(conn, oid)}
         parents = [d for d in recorded if d.table == name]
-        children = [d for d in recorded if d.table in partitions]
+        children = [d for d in recorded if d.table in partition_names]
         if not parents:
             if children:
                 await _forget(conn, children)
             return []
-        if table_oid is None:
+        if oid is None:
             log.warning("[indexes] %s: table is gone; forgetting its dropped indexes", name)
             await _forget(conn, parents)
             return []
@@ -379,7 +286,7 @@ async def rebuild_indexes(
 
 async def repair_indexes(db: Database) -> list[str]:
     """Rebuild every index left in index_definitions by an interrupted bulk load."""
-    async with _connection(db) as conn:
+    async with connection(db) as conn:
         recorded = await _recorded(conn)
         if not recorded:
             return []
@@ -390,7 +297,7 @@ async def repair_indexes(db: Database) -> list[str]:
                 "THEN pg_partition_root(c.oid)::regclass::text ELSE $1 END "
                 "FROM pg_class c WHERE c.oid = to_regclass($2)",
                 d.table,
-                _quote(d.table),
+                quote(d.table),
             )
             roots.append(root or d.table)
         log.warning(

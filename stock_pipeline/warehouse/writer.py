@@ -35,7 +35,7 @@ import pandas as pd
 from sqlalchemy import Column, Table
 
 from stock_pipeline.settings import Settings
-from stock_pipeline.warehouse import tables
+from stock_pipeline.warehouse.catalog import Database, connection, quote, resolve
 from stock_pipeline.warehouse.copy_format import (
     BadValue,
     PreparedColumn,
@@ -47,7 +47,6 @@ from stock_pipeline.warehouse.copy_format import (
 
 log = logging.getLogger(__name__)
 
-Database = asyncpg.Pool | asyncpg.Connection
 Method = Literal["copy", "insert"]
 
 # Set by the database on every write; never a reason to rewrite a row.
@@ -120,10 +119,6 @@ class _Chunk:
         return self.stop - self.start
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _format_value(value: Any) -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return "NULL"
@@ -137,10 +132,6 @@ def _format_value(value: Any) -> str:
     if isinstance(value, np.generic):
         return str(value.item())
     return str(value)
-
-
-def _resolve(table: Table | str) -> Table:
-    return tables.table(table) if isinstance(table, str) else table
 
 
 class _Batch:
@@ -352,16 +343,6 @@ class _Batch:
 # -- connections and partitions --------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def _connection(db: Database) -> AsyncIterator[asyncpg.Connection]:
-    if isinstance(db, asyncpg.Pool):
-        # Pool.acquire releases the connection on every path, errors and cancellation included.
-        async with db.acquire() as conn:
-            yield conn
-    else:
-        yield db
-
-
 async def _existing_partitions(conn: asyncpg.Connection, table: Table) -> set[str] | None:
     """Names of the table's partitions, or None when it is not natively partitioned (e.g. a
     TimescaleDB hypertable, which makes its own chunks)."""
@@ -374,7 +355,7 @@ async def _existing_partitions(conn: asyncpg.Connection, table: Table) -> set[st
         LEFT JOIN pg_class c ON c.oid = i.inhrelid
         WHERE t.oid = to_regclass($1)
         """,
-        _quote(table.name),
+        quote(table.name),
     )
     if not rows:
         raise WriteError(table.name, "the table does not exist: run the migrations first")
@@ -389,12 +370,12 @@ async def ensure_partitions(db: Database, table: Table | str, years: Iterable[in
     Runs in its own short transaction under an advisory lock, so two writers never race to
     create the same partition. Does nothing for tables that are not natively partitioned.
     """
-    table = _resolve(table)
+    table = resolve(table)
     column = table.info.get("partition_column")
     wanted = sorted(set(years))
     if not column or not wanted:
         return []
-    async with _connection(db) as conn:
+    async with connection(db) as conn:
         existing = await _existing_partitions(conn, table)
         if existing is None:
             return []
@@ -413,7 +394,7 @@ async def ensure_partitions(db: Database, table: Table | str, years: Iterable[in
                 if name in existing:
                     continue  # another writer made it while we waited for the lock
                 await conn.execute(
-                    f"CREATE TABLE {_quote(name)} PARTITION OF {_quote(table.name)} "
+                    f"CREATE TABLE {quote(name)} PARTITION OF {quote(table.name)} "
                     f"FOR VALUES FROM ('{year:04d}-01-01') TO ('{year + 1:04d}-01-01')"
                 )
                 created.append(name)
@@ -437,7 +418,7 @@ async def _write_chunk(
     else:
         placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
         await conn.executemany(
-            f"INSERT INTO {_quote(target)} ({', '.join(map(_quote, columns))}) "
+            f"INSERT INTO {quote(target)} ({', '.join(map(quote, columns))}) "
             f"VALUES ({placeholders})",
             chunk.records,
         )
@@ -460,7 +441,7 @@ async def _run(
     """Run `body(conn, method, current)` in one transaction; on a COPY refusal, run it again
     with INSERT. Maps data errors to WriteError. Returns body's result and the method used."""
     current: list[_Chunk | None] = [None]
-    async with _connection(db) as conn:
+    async with connection(db) as conn:
         try:
             async with conn.transaction():
                 return await body(conn, method, current), method
@@ -503,7 +484,7 @@ async def replace_window(
     advisory lock), and wait for running upserts of that table.
     """
     began = time.perf_counter()
-    table = _resolve(table)
+    table = resolve(table)
     date_column = table.info.get("partition_column") or "trade_date"
     if date_column not in table.c:
         raise WriteError(table.name, "replace_window needs a trade_date-partitioned table")
@@ -518,7 +499,7 @@ async def replace_window(
     size = _chunk_rows(chunk_rows)
     target = table.name
 
-    where = f"{_quote(date_column)} BETWEEN $1 AND $2"
+    where = f"{quote(date_column)} BETWEEN $1 AND $2"
     arguments: list[Any] = [start, end]
     if codes is not None:
         where += " AND code = ANY($3::text[])"
@@ -529,7 +510,7 @@ async def replace_window(
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
             f"stock_pipeline.write:{table.name}",
         )
-        status = await conn.execute(f"DELETE FROM {_quote(target)} WHERE {where}", *arguments)
+        status = await conn.execute(f"DELETE FROM {quote(target)} WHERE {where}", *arguments)
         deleted = int(status.split()[-1])
         count = 0
         async with contextlib.aclosing(batch.chunks(size, how)) as chunks:
@@ -581,7 +562,7 @@ async def append(
     fail with a WriteError naming it.
     """
     began = time.perf_counter()
-    table = _resolve(table)
+    table = resolve(table)
     partition_column = table.info.get("partition_column")
     batch = _Batch(table, rows, extra_keys=[partition_column] if partition_column else [])
     if partition_column:
@@ -652,7 +633,7 @@ def _check_window(
 
 def _key_range(alias: str, key: Sequence[str]) -> str:
     """`alias`'s key between parameters $1.. (lowest key) and $n+1.. (highest key)."""
-    columns = ", ".join(f"{alias}.{_quote(k)}" for k in key)
+    columns = ", ".join(f"{alias}.{quote(k)}" for k in key)
     low = ", ".join(f"${i + 1}" for i in range(len(key)))
     high = ", ".join(f"${i + 1 + len(key)}" for i in range(len(key)))
     return f"ROW({columns}) >= ROW({low}) AND ROW({columns}) <= ROW({high})"
@@ -660,7 +641,7 @@ def _key_range(alias: str, key: Sequence[str]) -> str:
 
 def _overlap_sql(target: str, batch: _Batch) -> str:
     """Whether any stored row has a key within a chunk's key range (one index probe)."""
-    return f"SELECT EXISTS (SELECT 1 FROM {_quote(target)} o WHERE {_key_range('o', batch.key)})"
+    return f"SELECT EXISTS (SELECT 1 FROM {quote(target)} o WHERE {_key_range('o', batch.key)})"
 
 
 def _upsert_sql(target: str, staging: str, batch: _Batch) -> str:
@@ -669,30 +650,30 @@ def _upsert_sql(target: str, staging: str, batch: _Batch) -> str:
     The NOT EXISTS probe is limited to the chunk's key range ($1.. to $n..), so it reads only
     the stored rows the chunk can touch, whatever plan the planner picks.
     """
-    columns = ", ".join(map(_quote, batch.column_names))
-    key = ", ".join(map(_quote, batch.key))
-    match = " AND ".join(f"o.{_quote(k)} = s.{_quote(k)}" for k in batch.key)
+    columns = ", ".join(map(quote, batch.column_names))
+    key = ", ".join(map(quote, batch.key))
+    match = " AND ".join(f"o.{quote(k)} = s.{quote(k)}" for k in batch.key)
     match += " AND " + _key_range("o", batch.key)
     values = batch.value_columns
     if not values:
         # Every column is part of the key: a present row cannot differ.
         return (
-            f"INSERT INTO {_quote(target)} ({columns}) SELECT {columns} FROM {staging} s "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {_quote(target)} o WHERE {match}) "
+            f"INSERT INTO {quote(target)} ({columns}) SELECT {columns} FROM {staging} s "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {quote(target)} o WHERE {match}) "
             f"ON CONFLICT ({key}) DO NOTHING"
         )
-    stored = ", ".join(f"o.{_quote(c)}" for c in values)
-    staged = ", ".join(f"s.{_quote(c)}" for c in values)
-    assignments = [f"{_quote(c)} = excluded.{_quote(c)}" for c in values]
+    stored = ", ".join(f"o.{quote(c)}" for c in values)
+    staged = ", ".join(f"s.{quote(c)}" for c in values)
+    assignments = [f"{quote(c)} = excluded.{quote(c)}" for c in values]
     for c in sorted(BOOKKEEPING_COLUMNS & set(batch.table.c.keys())):
-        source = f"excluded.{_quote(c)}" if c in batch.column_names else "now()"
-        assignments.append(f"{_quote(c)} = {source}")
-    current = ", ".join(f"t.{_quote(c)}" for c in values)
-    incoming = ", ".join(f"excluded.{_quote(c)}" for c in values)
+        source = f"excluded.{quote(c)}" if c in batch.column_names else "now()"
+        assignments.append(f"{quote(c)} = {source}")
+    current = ", ".join(f"t.{quote(c)}" for c in values)
+    incoming = ", ".join(f"excluded.{quote(c)}" for c in values)
     # ROW(...) keeps a single value column a row comparison too.
     return (
-        f"INSERT INTO {_quote(target)} AS t ({columns}) SELECT {columns} FROM {staging} s "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {_quote(target)} o WHERE {match} "
+        f"INSERT INTO {quote(target)} AS t ({columns}) SELECT {columns} FROM {staging} s "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {quote(target)} o WHERE {match} "
         f"AND ROW({stored}) IS NOT DISTINCT FROM ROW({staged})) "
         f"ON CONFLICT ({key}) DO UPDATE SET {', '.join(assignments)} "
         f"WHERE ROW({current}) IS DISTINCT FROM ROW({incoming})"
@@ -714,16 +695,16 @@ async def upsert(
     lacks keep their stored values on update.
     """
     began = time.perf_counter()
-    table = _resolve(table)
+    table = resolve(table)
     partition_column = table.info.get("partition_column")
     batch = _Batch(table, rows, extra_keys=[partition_column] if partition_column else [])
     if partition_column:
         await ensure_partitions(db, table, batch.years(partition_column))
     size = _chunk_rows(chunk_rows)
-    staging = _quote(f"_upsert_{table.name}")
+    staging = quote(f"_upsert_{table.name}")
     sql = _upsert_sql(table.name, staging, batch)
     overlap = _overlap_sql(table.name, batch)
-    columns = ", ".join(map(_quote, batch.column_names))
+    columns = ", ".join(map(quote, batch.column_names))
 
     async def body(conn: asyncpg.Connection, how: Method, current: list) -> tuple[int, int]:
         # Shared: upserts of one table run together; replace_window waits for them.
@@ -755,7 +736,7 @@ async def upsert(
                     await conn.execute(
                         f"DROP TABLE IF EXISTS pg_temp.{staging}; "
                         f"CREATE TEMPORARY TABLE {staging} ON COMMIT DROP AS "
-                        f"SELECT {columns} FROM {_quote(table.name)} WITH NO DATA"
+                        f"SELECT {columns} FROM {quote(table.name)} WITH NO DATA"
                     )
                     staged = True
                 await _write_chunk(conn, f"_upsert_{table.name}", batch.column_names, chunk, how)
