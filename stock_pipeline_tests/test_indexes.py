@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, Text, UniqueConstraint, create_engine, text
 from sqlalchemy.engine import Engine
 
+from stock_pipeline.warehouse import writer
 from stock_pipeline.warehouse.indexes import (
     bulk_load,
     drop_indexes,
@@ -218,6 +219,33 @@ def test_partition_created_during_the_load_gets_the_index(pg_dsn: str, engine: E
     assert definition.endswith("ON public.technical_daily_2025 USING btree (trade_date, code)")
     assert (valid, parent) == (True, "ix_technical_daily_trade_date_code")
     assert state["ix_technical_daily_trade_date_code"][1] is True
+
+
+def test_a_full_import_into_empty_partitions_builds_them_whole(
+    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+):
+    """Empty partitions are dropped at the start and built whole by the load; afterwards the
+    table has exactly the indexes it had, and every row."""
+    monkeypatch.setattr(writer, "NEW_PARTITION_MIN_ROWS", 100)
+    before = index_state(engine, "technical_daily")
+    with engine.connect() as conn:
+        rows = pd.read_sql("SELECT code, trade_date, ma5 FROM technical_daily", conn)
+        conn.execute(text("TRUNCATE technical_daily"))
+        conn.commit()
+
+    async def load(pool: asyncpg.Pool) -> list[str]:
+        async with bulk_load(pool, technical_daily):
+            during = [name for name, *_ in index_state(engine, "technical_daily")]
+            await replace_window(
+                pool, technical_daily, rows, start=dt.date(2023, 1, 1), end=dt.date(2024, 12, 31)
+            )
+        return during
+
+    during = run(pg_dsn, load)
+    assert during == ["pk_technical_daily"], "empty partitions are dropped at the start"
+    assert index_state(engine, "technical_daily") == before
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM technical_daily")).scalar() == len(rows)
 
 
 def test_bulk_load_rebuilds_even_when_the_load_fails(pg_dsn: str, engine: Engine):

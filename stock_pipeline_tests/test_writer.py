@@ -478,6 +478,61 @@ def test_partitions_appear_on_demand_for_a_new_year(pg_dsn: str, engine: Engine)
     assert fetch(engine, "SELECT count(*) FROM stock_daily_2026") == [(16,)]
 
 
+def _partition_state(engine: Engine, partition: str) -> list[tuple]:
+    """Indexes (definition, validity, parent index) and constraints of a partition."""
+    return fetch(
+        engine,
+        f"""
+        SELECT 'index', pg_get_indexdef(i.indexrelid), i.indisvalid::text,
+               (SELECT h.inhparent::regclass::text FROM pg_inherits h
+                WHERE h.inhrelid = i.indexrelid)
+        FROM pg_index i WHERE i.indrelid = '{partition}'::regclass
+        UNION ALL
+        SELECT 'constraint', conname, pg_get_constraintdef(oid), conparentid::regclass::text
+        FROM pg_constraint WHERE conrelid = '{partition}'::regclass
+        UNION ALL
+        SELECT 'bound', pg_get_expr(relpartbound, oid), relispartition::text, NULL
+        FROM pg_class WHERE oid = '{partition}'::regclass
+        ORDER BY 1, 2
+        """,
+    )
+
+
+def test_a_new_partition_is_built_whole_and_matches_one_created_empty(
+    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """Enough rows for a year without a partition: the partition is loaded first, indexed
+    after, then attached, and ends up exactly like one created empty and filled row by row."""
+    rows = daily_rows(codes=5, days=6)
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
+    created_empty = _partition_state(engine, "stock_daily_2024")
+    filled = checksum(engine, DATA_COLUMNS)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE stock_daily_2024"))
+
+    monkeypatch.setattr(writer, "NEW_PARTITION_MIN_ROWS", 10)
+    with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
+        result = run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
+    assert "built partition stock_daily_2024 whole (30 rows" in caplog.text
+    assert result.rows == 30
+    assert _partition_state(engine, "stock_daily_2024") == created_empty
+    assert checksum(engine, DATA_COLUMNS) == filled
+
+
+def test_a_bad_row_while_building_a_partition_leaves_no_partition(
+    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(writer, "NEW_PARTITION_MIN_ROWS", 10)
+    rows = daily_rows(codes=3, days=4).astype({"close": object})
+    rows.loc[9, "close"] = "n/a"
+    with pytest.raises(WriteError, match=r"column close: value 'n/a' is not a number"):
+        run(
+            pg_dsn,
+            lambda pool: replace_window(pool, stock_daily, rows, chunk_rows=4, **window(rows)),
+        )
+    assert fetch(engine, "SELECT to_regclass('stock_daily_2024')::text") == [(None,)]
+
+
 def test_ensure_partitions_skips_tables_that_are_not_natively_partitioned(
     pg_dsn: str, engine: Engine
 ):

@@ -41,6 +41,22 @@ async def connection(db: Database) -> AsyncIterator[asyncpg.Connection]:
         yield db
 
 
+def partitions_lock(table: str) -> str:
+    """The advisory lock key held while a table's partitions are created or dropped."""
+    return f"stock_pipeline.partitions:{table}"
+
+
+async def raise_maintenance_work_mem(conn: asyncpg.Connection, value: str, *, local: bool) -> None:
+    """Set maintenance_work_mem to `value` unless it is already higher (index builds sort in
+    it); `local` limits it to the current transaction."""
+    await conn.execute(
+        "SELECT set_config('maintenance_work_mem', $1, $2) "
+        "WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < pg_size_bytes($1)",
+        value,
+        local,
+    )
+
+
 async def table_oid(conn: asyncpg.Connection, name: str) -> int | None:
     return await conn.fetchval("SELECT to_regclass($1)::oid", quote(name))
 

@@ -299,6 +299,9 @@ def _one_datetime(
 def _as_text(column: str, series: pd.Series) -> PreparedColumn:
     """UTF-8 bytes of all values joined by NUL separators, with start offsets and lengths."""
     raw = series.to_numpy(dtype=object)
+    if not len(raw):
+        empty = np.zeros(0, dtype=np.int64)
+        return PreparedColumn(column, "text", np.zeros(0, np.uint8), None, empty, raw, empty)
     null = None
     try:
         # One join validates that every value is a str and encodes them all in C.

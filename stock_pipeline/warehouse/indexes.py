@@ -12,7 +12,11 @@ and the rebuild loses nothing: `repair_indexes` rebuilds whatever is recorded th
 `bulk_load` calls it before it drops anything.
 
 Rebuilding builds each index once from sorted data, with `maintenance_work_mem` raised for the
-session, instead of inserting into it row by row during the load. A plain CREATE INDEX lets other
+session, instead of inserting into it row by row during the load. Partitions that are empty
+when the load starts are dropped: the writer then builds each of them whole (rows COPYed into a
+new table, its primary key built once, ATTACHed in the same transaction), so that for a first
+full import even the primary key is built instead of maintained row by row, while the table's
+primary key constraint never goes away and still rejects duplicates. A plain CREATE INDEX lets other
 sessions read but blocks their writes while it runs; CONCURRENTLY blocks neither (two table
 scans, no transaction block). PostgreSQL cannot build a partitioned parent's index
 CONCURRENTLY, so for partitioned tables the parent index is created ON ONLY, each partition's
@@ -34,7 +38,9 @@ from stock_pipeline.warehouse.catalog import (
     IndexDefinition,
     connection,
     partitions,
+    partitions_lock,
     quote,
+    raise_maintenance_work_mem,
     secondary_indexes,
     table_name,
     table_oid,
@@ -258,9 +264,7 @@ async def rebuild_indexes(
         if concurrently is None:
             concurrently = await _others_use(conn, name)
         if maintenance_work_mem:
-            await conn.execute(
-                "SELECT set_config('maintenance_work_mem', $1, false)", maintenance_work_mem
-            )
+            await raise_maintenance_work_mem(conn, maintenance_work_mem, local=False)
         done = []
         try:
             for parent in parents:
@@ -310,6 +314,35 @@ async def repair_indexes(db: Database) -> list[str]:
         return repaired
 
 
+async def drop_empty_partitions(db: Database, table: Table | str) -> list[str]:
+    """Drop the table's partitions that hold no rows, so that a bulk load builds them whole
+    (writer.replace_window: rows first, then the primary key and indexes, then ATTACH).
+
+    An empty partition holds nothing to lose, and the writer creates a missing one on demand.
+    Runs under the writer's partition lock, re-checking emptiness there.
+    """
+    name = table_name(table)
+    async with connection(db) as conn:
+        oid = await table_oid(conn, name)
+        if oid is None or not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = $1)", oid
+        ):
+            return []
+        dropped = []
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", partitions_lock(name)
+            )
+            for _, partition in await partitions(conn, oid):
+                if not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {quote(partition)})"):
+                    dropped.append(partition)
+            if dropped:
+                await conn.execute("DROP TABLE " + ", ".join(map(quote, dropped)))
+    if dropped:
+        log.info("[indexes] %s: dropped empty partitions %s", name, ", ".join(dropped))
+    return dropped
+
+
 @contextlib.asynccontextmanager
 async def bulk_load(
     db: Database,
@@ -319,8 +352,10 @@ async def bulk_load(
     maintenance_work_mem: str | None = "1GB",
 ) -> AsyncIterator[list[IndexDefinition]]:
     """Drop the table's secondary indexes for the block and rebuild them afterwards, also when
-    the block fails. Repairs leftovers of an interrupted earlier load first."""
+    the block fails. Repairs leftovers of an interrupted earlier load first, and drops empty
+    partitions so that the load builds them whole (their primary key after the rows)."""
     await repair_indexes(db)
+    await drop_empty_partitions(db, table)
     dropped = await drop_indexes(db, table)
     try:
         yield dropped
