@@ -1,0 +1,98 @@
+"""Dagster resources: the BaoStock session pool and the warehouse (pools + COPY writer).
+
+Assets receive these and stay thin: open the pool, fetch, hand the typed frame to the writer.
+Both read STOCK_PIPELINE_* settings; a field set on the resource (e.g. in the launchpad)
+overrides its setting for that run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import date
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from stock_pipeline.baostock.pool import BaostockPool
+from stock_pipeline.settings import BaostockEndpoint, Settings
+from stock_pipeline.warehouse import writer
+from stock_pipeline.warehouse.engine import Warehouse
+
+
+class BaostockResource(dg.ConfigurableResource):
+    """Logged-in BaoStock sessions, one worker process each (see baostock/pool.py)."""
+
+    endpoint: str | None = Field(
+        default=None, description="host:port of a BaoStock server; default from settings"
+    )
+    concurrency: int | None = Field(default=None, description="sessions; default from settings")
+    qps: float | None = Field(default=None, description="requests/s for all sessions together")
+
+    def settings(self) -> Settings:
+        base = Settings.from_env()
+        overrides: dict[str, Any] = {}
+        if self.endpoint:
+            host, _, port = self.endpoint.rpartition(":")
+            overrides["baostock_endpoint"] = BaostockEndpoint(host, int(port))
+        if self.concurrency:
+            overrides["baostock_concurrency"] = self.concurrency
+        if self.qps:
+            overrides["baostock_qps"] = self.qps
+        return dataclasses.replace(base, **overrides)
+
+    @asynccontextmanager
+    async def pool(self) -> AsyncIterator[BaostockPool]:
+        """The session pool for one run; every session is logged out and every worker joined
+        when the block ends, also on errors and cancellation."""
+        async with BaostockPool.from_settings(self.settings()) as pool:
+            yield pool
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The warehouse PostgreSQL: its pools and the COPY writer (see warehouse/writer.py)."""
+
+    database_url: str | None = Field(
+        default=None, description="postgresql:// URL; default from settings (or embedded)"
+    )
+
+    def settings(self) -> Settings:
+        base = Settings.from_env()
+        return dataclasses.replace(base, database_url=self.database_url or base.database_url)
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[Warehouse]:
+        warehouse = await Warehouse.connect(self.settings())
+        try:
+            yield warehouse
+        finally:
+            await warehouse.close()
+
+    async def upsert(self, table: str, rows: pd.DataFrame) -> writer.WriteResult:
+        async with self.open() as warehouse:
+            return await writer.upsert(
+                warehouse.copy_pool, table, rows, chunk_rows=warehouse.settings.copy_chunk_rows
+            )
+
+    async def replace_window(
+        self,
+        table: str,
+        rows: pd.DataFrame | Mapping[str, Any],
+        *,
+        start: date,
+        end: date,
+        codes: Sequence[str] | None = None,
+    ) -> writer.WriteResult:
+        async with self.open() as warehouse:
+            return await writer.replace_window(
+                warehouse.copy_pool,
+                table,
+                rows,
+                start=start,
+                end=end,
+                codes=codes,
+                chunk_rows=warehouse.settings.copy_chunk_rows,
+            )
