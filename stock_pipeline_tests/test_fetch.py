@@ -21,14 +21,14 @@ from stock_pipeline.baostock.fetch import (
     fetch_table,
 )
 from stock_pipeline.baostock.pool import BaostockPool, PoolConfig, SyncBaostockPool
-from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorServer
+from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorProcess, SimulatorServer
 from stock_pipeline.baostock.simulator.server import FaultContext
 from stock_pipeline_tests.process_helpers import assert_gone
 
 START, END = date(2024, 5, 6), date(2024, 6, 28)
 
 
-def config(sim: SimulatorServer, **overrides: Any) -> PoolConfig:
+def config(sim: SimulatorServer | SimulatorProcess, **overrides: Any) -> PoolConfig:
     base: dict[str, Any] = {
         "endpoint": (sim.host, sim.port),
         "concurrency": 4,
@@ -144,12 +144,20 @@ def test_failures_are_reported_per_code_and_never_abort(sim: SimulatorServer) ->
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(60)
-def test_silent_code_costs_timeouts_not_the_batch(sim: SimulatorServer) -> None:
+@pytest.mark.timeout(90)
+def test_faults_in_a_server_process_cost_bounded_time_and_leave_nothing(
+    sim: SimulatorServer,
+) -> None:
+    """Silent, dropping and blacklisting codes against a simulator in its own process: each
+    costs at most its timeout or pause per attempt, ends up failed with its reason, the other
+    codes are fetched, and neither workers nor the server process survive."""
     good = sim.market.codes(START)[:30]
-    silent = good[5]
-    faulty_config = SimulatorConfig(seed=11, n_codes=200, fault_codes={silent: "silent"})
-    with SimulatorServer(faulty_config) as faulty:
+    silent, dropped, refused = good[5], good[6], good[7]
+    faults = {silent: "silent", dropped: "drop", refused: "blacklist"}
+    faulty_config = SimulatorConfig(seed=11, n_codes=200, fault_codes=faults)
+    with SimulatorProcess(faulty_config) as faulty:
+        server_pid = faulty.pid
+        assert server_pid is not None
 
         async def run() -> tuple[FetchResult, list[int]]:
             pool_config = config(faulty, request_timeout_s=0.5, max_retries=1)
@@ -158,12 +166,15 @@ def test_silent_code_costs_timeouts_not_the_batch(sim: SimulatorServer) -> None:
                 return result, pool.worker_pids()
 
         result, pids = asyncio.run(run())
-    assert list(result.failures) == [silent]
-    assert "timed out" in result.failures[silent] or "no reply" in result.failures[silent]
-    # 2 attempts in the pool, then 2 more at the end of the batch: 4 timeouts of 0.5 s (+ grace)
-    assert result.timings.wall_s < 4 * 1.5 + 2.0
-    assert len(set(result.frame["code"])) == len(good) - 1
-    assert_gone(pids, within_s=2.0)
+    assert set(result.failures) == {silent, dropped, refused}
+    assert "timed out" in result.failures[silent]
+    assert "closed the connection" in result.failures[dropped]
+    assert "blacklisted" in result.failures[refused]
+    assert set(result.frame["code"]) == set(good) - set(faults)
+    # Per code: 2 attempts in the pool, then 2 more at the end of the batch. Silent: 4 socket
+    # timeouts of 0.5 s; blacklist: 4 pool-wide pauses of 0.3 s; drops: immediate.
+    assert result.timings.wall_s < 4 * 0.5 + 4 * 0.3 + 2.0, result.timings
+    assert_gone([*pids, server_pid], within_s=2.0)
 
 
 def test_other_apis_and_single_requests(sim: SimulatorServer, codes: list[str]) -> None:

@@ -455,9 +455,31 @@ _CHILD = textwrap.dedent(
 )
 
 
-def _start_child(sim: SimulatorServer) -> tuple[subprocess.Popen[str], list[int]]:
+_SYNC_CHILD = textwrap.dedent(
+    """
+    import sys
+    from stock_pipeline.baostock.pool import PoolConfig, SyncBaostockPool
+
+    if __name__ == "__main__":
+        config = PoolConfig(endpoint=(sys.argv[1], int(sys.argv[2])), concurrency=3, qps=1e5)
+        try:
+            with SyncBaostockPool(config) as pool:
+                print(" ".join(map(str, pool.pool.worker_pids())), flush=True)
+                while True:
+                    pool.query("query_history_k_data_plus", code="sh.600000",
+                               fields="date,code,close", start_date="2015-01-05",
+                               end_date="2024-06-07", frequency="d", adjustflag="3")
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+    """
+)
+
+
+def _start_child(
+    sim: SimulatorServer, script: str = _CHILD
+) -> tuple[subprocess.Popen[str], list[int]]:
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, sim.host, str(sim.port)],
+        [sys.executable, "-c", script, sim.host, str(sim.port)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -470,9 +492,10 @@ def _start_child(sim: SimulatorServer) -> tuple[subprocess.Popen[str], list[int]
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-def test_ctrl_c_logs_out_and_stops_every_worker(sim: SimulatorServer) -> None:
+@pytest.mark.parametrize("script", [_CHILD, _SYNC_CHILD], ids=["async", "sync"])
+def test_ctrl_c_logs_out_and_stops_every_worker(sim: SimulatorServer, script: str) -> None:
     before = sim.stats.requests["logout"]
-    child, pids = _start_child(sim)
+    child, pids = _start_child(sim, script)
     time.sleep(0.5)  # busy querying
     child.send_signal(signal.SIGINT)
     out, _ = child.communicate(timeout=20)

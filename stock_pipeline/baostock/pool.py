@@ -2,14 +2,19 @@
 
 Why processes: the `baostock` client keeps its socket in module globals, so two sessions in one
 process answer each other's requests (see /work/shared/docs/baostock-protocol.md). Each worker
-(`worker.py`) owns one session and serves one request at a time; replies carry the request's
-sequence number, and a worker whose state is in doubt (timeout, cancellation, bad reply) is
-killed and replaced instead of reused. Together that rules out cross-talk.
+(`worker.py`) owns one session and serves one request at a time, in order. Replies carry the
+request's sequence number and are matched to it; the reply of a cancelled request is dropped,
+and a worker whose state is in doubt (timeout, reply out of order, dead process) is killed and
+replaced instead of reused. Together that rules out cross-talk. Each worker gets up to two
+requests ahead (PIPELINE_DEPTH) so it never waits for the parent between requests.
 
 Around the workers the pool adds what a polite, robust client needs:
 - a token bucket shared by all sessions (`qps`): every message sent to the server counts, logins
-  and extra pages included; a query pays one token up front and its extra messages afterwards;
-- a per-request timeout that kills and replaces the worker behind a dead or silent connection;
+  and extra pages included; a query pays one token before it is handed to a worker and its extra
+  messages afterwards (logouts at shutdown are not limited);
+- a per-request timeout (`request_timeout_s`): the worker's socket times out on a silent server
+  and the worker reconnects; a worker that does not answer within the timeout plus a second
+  (wedged, dead) is killed and replaced;
 - retries with exponential backoff and full jitter for transient failures, fast failure for
   permanent ones, and a pool-wide pause after a blacklist reply;
 - session TTL (the worker re-logs in when its session is older than `session_ttl_s`);
@@ -17,7 +22,9 @@ Around the workers the pool adds what a polite, robust client needs:
   cancellation and Ctrl-C too.
 
 Use it as `async with BaostockPool.from_settings(settings) as pool: await pool.query(...)`, or
-through `SyncBaostockPool` from synchronous code such as Dagster assets.
+through `SyncBaostockPool` from synchronous code such as Dagster assets. Workers are forked from
+multiprocessing's forkserver, so a script that starts a pool needs the usual
+`if __name__ == "__main__":` guard.
 """
 
 from __future__ import annotations
