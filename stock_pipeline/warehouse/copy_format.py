@@ -116,6 +116,11 @@ class PreparedColumn:
             cut(self.starts),
         )
 
+    def as_dates(self) -> np.ndarray:
+        """A date column's values as datetime64[D]."""
+        assert self.kind == "date"
+        return (self.values.astype(np.int64) + _PG_EPOCH_DAYS).astype("datetime64[D]")
+
     def text_values(self, rows: slice | np.ndarray, width: int) -> np.ndarray:
         """The bytes of `rows` (all `width` bytes long) as an S<width> array."""
         assert self.starts is not None and self.lengths is not None

@@ -1,20 +1,25 @@
 """The one write path into the warehouse: binary COPY, idempotent, one transaction per call.
 
-Both operations take an asyncpg pool (or connection), a table of `tables.metadata` (or its name)
-and a DataFrame whose columns are a subset of the table's:
+Every operation takes an asyncpg pool (or connection), a table of `tables.metadata` (or its
+name) and a DataFrame whose columns are a subset of the table's:
 
-- `upsert`: insert or update by primary key. Each chunk is COPYed into a temporary table and
-  moved by one INSERT ... SELECT ... ON CONFLICT DO UPDATE. Rows equal to the stored ones are
-  filtered out before the INSERT, so re-sending unchanged data writes nothing: no dead tuples, no
-  WAL, no row locks. A changed value (a source correction) is written, with `updated_at` set.
-- `replace_window`: for trade_date-partitioned tables, delete [start, end] (optionally only for
-  some codes) and COPY the rows straight into the table: no temporary table, the window is empty.
-- `append`: COPY the rows in as they are (append-only data; a stored key is an error).
+- `upsert(db, table, rows)`: insert or update by primary key. A chunk whose key range holds no
+  stored row is COPYed straight into the table; any other chunk is COPYed into a temporary table
+  and moved by one INSERT ... SELECT ... ON CONFLICT DO UPDATE that leaves out rows equal to the
+  stored ones, so re-sending unchanged data writes nothing (no dead tuples, no WAL, no row
+  locks), while a changed value (a source correction) is written and gets a new `updated_at`.
+- `replace_window(db, table, rows, start=, end=, codes=)`: for trade_date-partitioned tables,
+  delete [start, end] (optionally only for some codes) and COPY the rows straight into the table;
+  no temporary table, the window is empty. A year that has no partition yet and receives many
+  rows (a full import) gets its partition built whole: rows first, primary key and indexes after.
+- `append(db, table, rows)`: COPY the rows in as they are (append-only data).
 
-Common to both: duplicate keys in a batch collapse to the last row; a bad value raises WriteError
-naming the table, the column and a key, and nothing of the batch is written; missing yearly
-partitions are created first, in their own short transaction; a COPY the server refuses (not
-because of the data) is retried as batched INSERT with the same transaction semantics.
+Common to all: the batch is put in key order and duplicate keys collapse to the last row; a bad
+value raises WriteError naming the table, the column and a key, and nothing of the batch is
+written; missing yearly partitions are created first, in their own short transaction; a COPY the
+server refuses (not because of the data) is retried as batched INSERT in a new transaction.
+The COPY stream is encoded from NumPy arrays (copy_format.py), the next chunk in a worker thread
+while the server stores the current one.
 """
 
 from __future__ import annotations
@@ -154,7 +159,12 @@ class _Batch:
     converted up front (for duplicates, windows, partitions and error keys), the rest converted
     chunk by chunk."""
 
-    def __init__(self, table: Table, rows: pd.DataFrame | Mapping[str, Any], extra_keys=()):
+    def __init__(
+        self,
+        table: Table,
+        rows: pd.DataFrame | Mapping[str, Any],
+        extra_keys: Sequence[str] = (),
+    ):
         self.table = table
         self.name = table.name
         frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(dict(rows))
@@ -269,10 +279,17 @@ class _Batch:
             equal &= values[1:] == values[:-1]
         return bool(greater.all())
 
+    def dates(self, column: str) -> np.ndarray:
+        """A date column (converted up front) as datetime64[D]."""
+        return self.prepared[column].as_dates()
+
     def row_years(self, column: str) -> np.ndarray:
         """The year of each row's date in `column`."""
-        days = self.prepared[column].values.astype(np.int64) + 10_957
-        return days.astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64) + 1970
+        return self.dates(column).astype("datetime64[Y]").astype(np.int64) + 1970
+
+    def years(self, column: str) -> list[int]:
+        """The distinct years of a date column."""
+        return np.unique(self.row_years(column)).tolist()
 
     def subset(self, mask: np.ndarray) -> _Batch:
         """The rows where `mask` is true, as a batch of their own."""
@@ -280,18 +297,6 @@ class _Batch:
             return self
         rows = self.frame.iloc[np.flatnonzero(mask)].reset_index(drop=True)
         return _Batch(self.table, rows, extra_keys=list(self.prepared))
-
-    def years(self, column: str) -> list[int]:
-        days = self.prepared[column].values
-        if not len(days):
-            return []
-        distinct = np.unique(days)
-        as_dates = (distinct.astype(np.int64) + 10_957).astype("datetime64[D]")
-        return sorted({int(y) + 1970 for y in as_dates.astype("datetime64[Y]").astype(np.int64)})
-
-    def dates(self, column: str) -> np.ndarray:
-        """The column as datetime64[D]."""
-        return (self.prepared[column].values.astype(np.int64) + 10_957).astype("datetime64[D]")
 
     # -- chunks -------------------------------------------------------------------------------
 
@@ -498,7 +503,7 @@ async def _build_partition(
     return chunks
 
 
-# -- the two operations ----------------------------------------------------------------------
+# -- writing ------------------------------------------------------------------------------------
 
 
 async def _write_chunk(
