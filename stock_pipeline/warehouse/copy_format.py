@@ -225,36 +225,28 @@ def _as_int(column: str, series: pd.Series, kind: Kind) -> tuple[np.ndarray, np.
 
 
 def _as_bool(column: str, series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """bool values and a NULL mask; accepts booleans and the numbers 0 and 1."""
     null = series.isna().to_numpy()
     if pd.api.types.is_bool_dtype(series.dtype):
         return series.to_numpy(dtype=bool, na_value=False), null
     raw = series.to_numpy(dtype=object)
-    ok = (
-        np.fromiter(
+    if pd.api.types.is_numeric_dtype(series.dtype):
+        numbers = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif series.dtype == object:
+        numbers = np.fromiter(
             (
-                v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) or v in (0, 1)
+                float(v) if isinstance(v, bool | int | float | np.bool_ | np.number) else np.nan
                 for v in raw
             ),
-            dtype=bool,
+            dtype=np.float64,
             count=len(raw),
         )
-        if series.dtype == object
-        else None
-    )
-    if ok is None:
-        numeric = (
-            series.to_numpy(dtype=np.float64, na_value=np.nan)
-            if pd.api.types.is_numeric_dtype(series.dtype)
-            else None
-        )
-        if numeric is None:
-            return _raise(column, raw, ~null, "is not a boolean")
-        ok = null | (numeric == 0) | (numeric == 1)
+    else:
+        numbers = np.full(len(raw), np.nan)
+    ok = null | (numbers == 0) | (numbers == 1)
     if not ok.all():
         return _raise(column, raw, ~ok, "is not a boolean")
-    values = np.zeros(len(raw), dtype=bool)
-    values[~null] = [bool(v) for v in raw[~null]]
-    return values, null
+    return numbers == 1, null
 
 
 def _as_datetime64(column: str, series: pd.Series, unit: str) -> tuple[np.ndarray, np.ndarray]:
