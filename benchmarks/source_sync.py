@@ -278,14 +278,22 @@ def main() -> None:
             }
         )
 
-        pool: dict[str, dict[str, float | None]] = {}
+        pool: dict[str, dict[str, Any]] = {}
         for concurrency in concurrencies:
-            result, start_s = asyncio.run(pool_fetch(endpoint, concurrency, args.qps, codes, day))
-            record = pool_record(result, concurrency, args.latency_ms, start_s)
-            emit(record)
+            runs = []
+            for run in range(1, args.repeat + 1):
+                result, start_s = asyncio.run(
+                    pool_fetch(endpoint, concurrency, args.qps, codes, day)
+                )
+                record = pool_record(result, concurrency, args.latency_ms, start_s)
+                emit({**record, "run": run})
+                runs.append(record)
+            # Best of the runs: other load on the machine only ever slows a run down.
+            best = max(runs, key=lambda r: r["codes_per_s"])
             pool[str(concurrency)] = {
-                "codes_per_s": record["codes_per_s"],
-                "bound_ratio": record["bound_ratio"],
+                "codes_per_s": best["codes_per_s"],
+                "bound_ratio": best["bound_ratio"],
+                "runs_codes_per_s": [r["codes_per_s"] for r in runs],
             }
 
         logging_overhead = None
