@@ -12,6 +12,7 @@ import asyncio
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -30,6 +31,7 @@ from stock_pipeline.baostock.errors import (
     PermanentError,
     PoolClosedError,
     RequestTimeout,
+    TransientError,
 )
 from stock_pipeline.baostock.pool import BaostockPool, PoolConfig, SyncBaostockPool
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorServer
@@ -513,6 +515,31 @@ def test_workers_exit_when_the_parent_is_killed(sim: SimulatorServer) -> None:
     assert child.stdout is not None
     child.stdout.close()
     assert_gone(pids, within_s=5.0)
+
+
+def test_unreachable_server_fails_the_start_clearly(sim: SimulatorServer) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = PoolConfig(
+        endpoint=("127.0.0.1", port),
+        concurrency=2,
+        qps=1e5,
+        request_timeout_s=2.0,
+        max_retries=1,
+        backoff_base_s=0.05,
+    )
+
+    async def run() -> BaostockPool:
+        pool = BaostockPool(config)
+        started = time.perf_counter()
+        with pytest.raises(TransientError, match=f"cannot log in to 127.0.0.1:{port}"):
+            await pool.start()
+        assert time.perf_counter() - started < 3.0
+        return pool
+
+    pool = asyncio.run(run())
+    assert pool.worker_pids() == []
 
 
 def test_connection_lost_error_is_transient() -> None:
