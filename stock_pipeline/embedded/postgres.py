@@ -15,6 +15,8 @@ import re
 import time
 from pathlib import Path
 
+import psutil
+
 from stock_pipeline.embedded._service import (
     EmbeddedServiceError,
     ServiceDir,
@@ -107,15 +109,8 @@ class EmbeddedPostgres:
 
     def is_running(self) -> bool:
         pid = self._postmaster_pid()
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass  # alive, owned by the service user
-        return True
+        # psutil, not os.kill(pid, 0): on Windows os.kill terminates the process.
+        return pid is not None and psutil.pid_exists(pid)
 
     @property
     def port(self) -> int:

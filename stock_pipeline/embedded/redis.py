@@ -8,9 +8,9 @@ embedded PostgreSQL: attach if running, a lock for concurrent starts, stop saves
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
+import psutil
 import redis
 
 from stock_pipeline.embedded._service import (
@@ -126,10 +126,4 @@ class EmbeddedRedis:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return psutil.pid_exists(pid)
