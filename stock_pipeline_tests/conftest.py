@@ -16,8 +16,9 @@ from pathlib import Path
 import psycopg2
 import pytest
 from psycopg2 import sql
+from sqlalchemy import Engine, create_engine
 
-from stock_pipeline.warehouse.urls import asyncpg_dsn
+from stock_pipeline.warehouse.urls import asyncpg_dsn, sqlalchemy_url
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +74,14 @@ def make_database(pg_server_url: str) -> Iterator[Callable[[], str]]:
 def pg_dsn(make_database: Callable[[], str]) -> str:
     """A plain postgresql:// DSN to a fresh, empty database owned by this test session."""
     return make_database()
+
+
+@pytest.fixture(scope="session")
+def engine(pg_dsn: str) -> Iterator[Engine]:
+    """A synchronous SQLAlchemy engine on the session's database, for test setup and checks."""
+    engine = create_engine(sqlalchemy_url(pg_dsn, "psycopg2"))
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

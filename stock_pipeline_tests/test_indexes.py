@@ -17,7 +17,7 @@ import asyncpg
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, Text, UniqueConstraint, create_engine, text
+from sqlalchemy import Column, Integer, MetaData, Table, Text, UniqueConstraint, text
 from sqlalchemy.engine import Engine
 
 from stock_pipeline.warehouse import writer
@@ -34,17 +34,9 @@ from stock_pipeline.warehouse.tables import (
     metadata,
     technical_daily,
 )
-from stock_pipeline.warehouse.urls import sqlalchemy_url
 from stock_pipeline.warehouse.writer import replace_window
 
 TABLES = [technical_daily, fetch_log, index_definitions]
-
-
-@pytest.fixture(scope="module")
-def engine(pg_dsn: str) -> Iterator[Engine]:
-    engine = create_engine(sqlalchemy_url(pg_dsn, "psycopg2"))
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture(autouse=True)

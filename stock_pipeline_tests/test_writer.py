@@ -15,24 +15,17 @@ import asyncpg
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
 from stock_pipeline.warehouse import writer
 from stock_pipeline.warehouse.copy_format import encode_binary, kind_of, prepare_column
 from stock_pipeline.warehouse.tables import index_constituents, stock_daily, stocks
-from stock_pipeline.warehouse.urls import asyncpg_dsn, sqlalchemy_url
+from stock_pipeline.warehouse.urls import asyncpg_dsn
 from stock_pipeline.warehouse.writer import WriteError, replace_window, upsert
 
 TABLES = [stock_daily, stocks, index_constituents]
 DATA_COLUMNS = [c.name for c in stock_daily.c if c.name != "updated_at"]
-
-
-@pytest.fixture(scope="module")
-def engine(pg_dsn: str) -> Iterator[Engine]:
-    engine = create_engine(sqlalchemy_url(pg_dsn, "psycopg2"))
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture(autouse=True)
