@@ -77,6 +77,16 @@ def pg_dsn(make_database: Callable[[], str]) -> str:
 
 
 @pytest.fixture(scope="session")
+def migrated_dsn(make_database: Callable[[], str]) -> str:
+    """A fresh database migrated to head by the project's Alembic migrations."""
+    from stock_pipeline.warehouse import migrate
+
+    dsn = make_database()
+    migrate.upgrade(dsn)
+    return dsn
+
+
+@pytest.fixture(scope="session")
 def engine(pg_dsn: str) -> Iterator[Engine]:
     """A synchronous SQLAlchemy engine on the session's database, for test setup and checks."""
     engine = create_engine(sqlalchemy_url(pg_dsn, "psycopg2"))

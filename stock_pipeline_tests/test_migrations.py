@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import psycopg2
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
@@ -13,13 +12,6 @@ from sqlalchemy import create_engine
 from stock_pipeline.warehouse import migrate
 from stock_pipeline.warehouse.tables import RAW_DATASETS, metadata, partitioned_tables
 from stock_pipeline.warehouse.urls import sqlalchemy_url
-
-
-@pytest.fixture(scope="module")
-def migrated(make_database: Callable[[], str]) -> str:
-    dsn = make_database()
-    migrate.upgrade(dsn)
-    return dsn
 
 
 def _tables(dsn: str) -> dict[str, str]:
@@ -31,16 +23,16 @@ def _tables(dsn: str) -> dict[str, str]:
         return dict(cur.fetchall())
 
 
-def test_upgrade_creates_every_declared_table(migrated: str):
-    tables = _tables(migrated)
+def test_upgrade_creates_every_declared_table(migrated_dsn: str):
+    tables = _tables(migrated_dsn)
     assert set(metadata.tables) <= set(tables)
     assert {spec.table for spec in RAW_DATASETS} <= set(tables)
     for table in partitioned_tables():
         assert tables[table.name] == "p", f"{table.name} should be range-partitioned"
 
 
-def test_migrations_match_the_table_specs(migrated: str):
-    engine = create_engine(sqlalchemy_url(migrated, "psycopg2"))
+def test_migrations_match_the_table_specs(migrated_dsn: str):
+    engine = create_engine(sqlalchemy_url(migrated_dsn, "psycopg2"))
     try:
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), metadata)
@@ -58,8 +50,8 @@ def test_downgrade_to_base_and_back(make_database: Callable[[], str]):
     assert set(metadata.tables) <= set(_tables(dsn))
 
 
-def test_raw_values_are_typed_and_keys_not_null(migrated: str):
-    with psycopg2.connect(migrated) as conn, conn.cursor() as cur:
+def test_raw_values_are_typed_and_keys_not_null(migrated_dsn: str):
+    with psycopg2.connect(migrated_dsn) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
             "WHERE table_name = 'raw_k_daily'"

@@ -4,7 +4,7 @@ pool -> typed frame -> COPY writer -> migrated warehouse. Nothing mocked."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import date
 
 import dagster as dg
@@ -15,7 +15,6 @@ from stock_pipeline.baostock.fetch import fetch_daily_bars
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorServer
 from stock_pipeline.definitions import defs
 from stock_pipeline.resources import BaostockResource, WarehouseResource
-from stock_pipeline.warehouse import migrate
 
 START, END = date(2024, 12, 2), date(2025, 1, 10)  # crosses a year: two partitions
 
@@ -24,13 +23,6 @@ START, END = date(2024, 12, 2), date(2025, 1, 10)  # crosses a year: two partiti
 def simulator() -> Iterator[SimulatorServer]:
     with SimulatorServer(SimulatorConfig(seed=11, n_codes=60)) as sim:
         yield sim
-
-
-@pytest.fixture(scope="module")
-def warehouse_dsn(make_database: Callable[[], str]) -> str:
-    dsn = make_database()
-    migrate.upgrade(dsn)
-    return dsn
 
 
 def _checksum(dsn: str) -> tuple[int, str]:
@@ -47,9 +39,9 @@ def test_definitions_load():
     dg.Definitions.validate_loadable(defs)
 
 
-def test_daily_bars_flow_into_raw_k_daily(simulator: SimulatorServer, warehouse_dsn: str):
+def test_daily_bars_flow_into_raw_k_daily(simulator: SimulatorServer, migrated_dsn: str):
     baostock = BaostockResource(endpoint=simulator.endpoint, concurrency=2, qps=500)
-    warehouse = WarehouseResource(database_url=warehouse_dsn)
+    warehouse = WarehouseResource(database_url=migrated_dsn)
     codes = simulator.market.codes(START)[:30]
 
     async def sync() -> int:
@@ -64,16 +56,16 @@ def test_daily_bars_flow_into_raw_k_daily(simulator: SimulatorServer, warehouse_
     written = asyncio.run(sync())
     expected = sum(len(simulator.market.daily_bars(c, START, END)) for c in codes)
     assert written == expected > 0
-    first = _checksum(warehouse_dsn)
+    first = _checksum(migrated_dsn)
     assert first[0] == expected
 
     # The same sync again changes nothing (idempotent window replace).
     asyncio.run(sync())
-    assert _checksum(warehouse_dsn) == first
+    assert _checksum(migrated_dsn) == first
 
     # Values arrive typed: the simulator's close for one bar, and suspensions as NULL prices.
     bar = simulator.market.daily_bars(codes[0], START, END)[0]
-    with psycopg2.connect(warehouse_dsn) as conn, conn.cursor() as cur:
+    with psycopg2.connect(migrated_dsn) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT close, trade_status FROM raw_k_daily WHERE code = %s AND trade_date = %s",
             (codes[0], bar["date"]),
