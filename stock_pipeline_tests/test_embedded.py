@@ -85,3 +85,23 @@ def test_redis_start_attach_stop_keeps_data(tmp_path: Path):
     finally:
         server.stop()
     assert not server.is_running()
+
+
+def test_redis_serves_what_the_hot_cache_needs(redis_url: str):
+    """The session's Redis (embedded Valkey, or STOCK_PIPELINE_TEST_REDIS_URL) handles the cache
+    pattern of the design: per-stock hashes written in pipelines of 500 with a 25 h TTL."""
+    client = redis.Redis.from_url(redis_url)
+    keys = [f"test:tech:sh.{600000 + i}:latest" for i in range(1200)]
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for i, key in enumerate(keys):
+                pipe.hset(key, mapping={"trade_date": "2024-12-31", "ma5": str(10.0 + i)})
+                pipe.expire(key, 25 * 3600)
+                if i % 500 == 499:
+                    pipe.execute()
+            pipe.execute()
+        assert client.hget(keys[1199], "ma5") == b"1209.0"
+        assert 0 < client.ttl(keys[0]) <= 25 * 3600
+        assert sum(1 for _ in client.scan_iter(match="test:tech:*", count=1000)) == len(keys)
+    finally:
+        client.delete(*keys)
