@@ -36,8 +36,7 @@ class BaostockResource(dg.ConfigurableResource):
         base = Settings.from_env()
         overrides: dict[str, Any] = {}
         if self.endpoint:
-            host, _, port = self.endpoint.rpartition(":")
-            overrides["baostock_endpoint"] = BaostockEndpoint(host, int(port))
+            overrides["baostock_endpoint"] = BaostockEndpoint.parse(self.endpoint)
         if self.concurrency:
             overrides["baostock_concurrency"] = self.concurrency
         if self.qps:

@@ -28,6 +28,14 @@ class BaostockEndpoint:
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @classmethod
+    def parse(cls, text: str) -> BaostockEndpoint:
+        """'host:port' (IPv6 in brackets) -> BaostockEndpoint; ValueError if it is not that."""
+        match = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d{1,5})", text.strip())
+        if not match or not 0 < int(match.group(2)) < 65536:
+            raise ValueError(f"{text!r} is not host:port (e.g. 127.0.0.1:10030)")
+        return cls(match.group(1), int(match.group(2)))
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -175,10 +183,11 @@ class _EnvReader:
         raw = self._raw(name)
         if raw is None:
             return None
-        match = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d{1,5})", raw)
-        if not match or not 0 < int(match.group(2)) < 65536:
-            raise self._fail(name, "host:port (e.g. 127.0.0.1:10030); unset for BaoStock", raw)
-        return BaostockEndpoint(match.group(1), int(match.group(2)))
+        try:
+            return BaostockEndpoint.parse(raw)
+        except ValueError:
+            accepted = "host:port (e.g. 127.0.0.1:10030); unset for BaoStock"
+            raise self._fail(name, accepted, raw) from None
 
 
 def redact_url(url: str) -> str:

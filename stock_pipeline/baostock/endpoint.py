@@ -14,11 +14,3 @@ def point_client_at(host: str, port: int) -> None:
     _contants.BAOSTOCK_SERVER_IP = host
     _contants.BAOSTOCK_VIP_SERVER_IP = host  # API keys starting with "bs-" use the VIP address
     _contants.BAOSTOCK_SERVER_PORT = int(port)
-
-
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """'host:port' -> (host, port); raises ValueError naming the expected form."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"BaoStock endpoint {text!r} is not host:port (e.g. 127.0.0.1:10030)")
-    return host, int(port)

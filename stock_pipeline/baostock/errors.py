@@ -125,11 +125,6 @@ class PoolClosedError(BaostockError):
     """The pool was closed (or is closing) while a request wanted a session."""
 
 
-def describe(error_code: str) -> str:
-    """English reading of a BaoStock error code, or 'unknown error code'."""
-    return _CODES.get(error_code, ("unknown error code", True))[0]
-
-
 def from_reply(
     error_code: str,
     error_msg: str,

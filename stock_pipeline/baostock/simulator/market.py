@@ -81,7 +81,6 @@ _INDEX_INFO = {
     "sz.399001": ("深证成份指数", date(1995, 1, 23), 13533.41, "sz_component"),
     "sz.399006": ("创业板指数", date(2010, 6, 1), 1000.0, "chinext100"),
 }
-INDEX_NAMES = {code: info[0] for code, info in _INDEX_INFO.items()}
 
 # CSRC industry classification (证监会行业分类), names as BaoStock spells them (no spaces).
 CSRC_INDUSTRIES = (
@@ -129,10 +128,6 @@ def cents_str(c: int) -> str:
 
 def _half_up(x: np.ndarray | float) -> np.ndarray:
     return np.floor(np.asarray(x, dtype=np.float64) + 0.5 + 1e-9)
-
-
-def _half_up_int(x: float) -> int:
-    return math.floor(x + 0.5 + 1e-9)
 
 
 def _ou(e: np.ndarray, phi: float) -> np.ndarray:
