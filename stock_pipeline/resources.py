@@ -8,18 +8,15 @@ overrides its setting for that run.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import date
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from stock_pipeline.baostock.pool import BaostockPool
 from stock_pipeline.settings import BaostockEndpoint, Settings
-from stock_pipeline.warehouse import writer
 from stock_pipeline.warehouse.engine import Warehouse
 
 
@@ -64,34 +61,10 @@ class WarehouseResource(dg.ConfigurableResource):
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[Warehouse]:
+        """The warehouse's pools for one run: hand `warehouse.copy_pool` to the writer
+        (warehouse/writer.py) for every write, and both pools close when the block ends."""
         warehouse = await Warehouse.connect(self.settings())
         try:
             yield warehouse
         finally:
             await warehouse.close()
-
-    async def upsert(self, table: str, rows: pd.DataFrame) -> writer.WriteResult:
-        async with self.open() as warehouse:
-            return await writer.upsert(
-                warehouse.copy_pool, table, rows, chunk_rows=warehouse.settings.copy_chunk_rows
-            )
-
-    async def replace_window(
-        self,
-        table: str,
-        rows: pd.DataFrame | Mapping[str, Any],
-        *,
-        start: date,
-        end: date,
-        codes: Sequence[str] | None = None,
-    ) -> writer.WriteResult:
-        async with self.open() as warehouse:
-            return await writer.replace_window(
-                warehouse.copy_pool,
-                table,
-                rows,
-                start=start,
-                end=end,
-                codes=codes,
-                chunk_rows=warehouse.settings.copy_chunk_rows,
-            )

@@ -15,6 +15,7 @@ from stock_pipeline.baostock.fetch import fetch_daily_bars
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorServer
 from stock_pipeline.definitions import defs
 from stock_pipeline.resources import BaostockResource, WarehouseResource
+from stock_pipeline.warehouse import writer
 
 START, END = date(2024, 12, 2), date(2025, 1, 10)  # crosses a year: two partitions
 
@@ -48,9 +49,10 @@ def test_daily_bars_flow_into_raw_k_daily(simulator: SimulatorServer, migrated_d
         async with baostock.pool() as pool:
             fetched = await fetch_daily_bars(pool, codes, START, END)
         assert fetched.failures == {}
-        result = await warehouse.replace_window(
-            "raw_k_daily", fetched.frame, start=START, end=END, codes=codes
-        )
+        async with warehouse.open() as wh:
+            result = await writer.replace_window(
+                wh.copy_pool, "raw_k_daily", fetched.frame, start=START, end=END, codes=codes
+            )
         return result.rows
 
     written = asyncio.run(sync())
