@@ -23,24 +23,15 @@ from stock_pipeline.baostock.fetch import (
 from stock_pipeline.baostock.pool import BaostockPool, PoolConfig, SyncBaostockPool
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorProcess, SimulatorServer
 from stock_pipeline.baostock.simulator.server import FaultContext
-from stock_pipeline_tests.process_helpers import assert_gone
+from stock_pipeline_tests.helpers import assert_gone, fast_pool_config
 
 START, END = date(2024, 5, 6), date(2024, 6, 28)
 
 
-def config(sim: SimulatorServer | SimulatorProcess, **overrides: Any) -> PoolConfig:
-    base: dict[str, Any] = {
-        "endpoint": (sim.host, sim.port),
-        "concurrency": 4,
-        "qps": 100_000.0,
-        "request_timeout_s": 5.0,
-        "backoff_base_s": 0.02,
-        "backoff_max_s": 0.1,
-        "blacklist_backoff_s": 0.3,
-        "max_retries": 2,
-    }
-    base.update(overrides)
-    return PoolConfig(**base)
+def fast_config(sim: SimulatorServer | SimulatorProcess, **overrides: Any) -> PoolConfig:
+    """The shared fast settings with this module's shorter backoffs."""
+    backoff = {"backoff_base_s": 0.02, "backoff_max_s": 0.1, "blacklist_backoff_s": 0.3}
+    return fast_pool_config(sim, **{**backoff, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +51,7 @@ def test_daily_bars_are_typed_and_match_the_market(
     caplog.set_level(logging.DEBUG, logger="stock_pipeline.baostock")
 
     async def run() -> FetchResult:
-        async with BaostockPool(config(sim)) as pool:
+        async with BaostockPool(fast_config(sim)) as pool:
             return await fetch_daily_bars(pool, codes, START, END, batch_size=50)
 
     result = asyncio.run(run())
@@ -119,7 +110,7 @@ def test_failures_are_reported_per_code_and_never_abort(sim: SimulatorServer) ->
     with SimulatorServer(faulty_config) as faulty:
 
         async def run() -> FetchResult:
-            async with BaostockPool(config(faulty)) as pool:
+            async with BaostockPool(fast_config(faulty)) as pool:
                 result = await fetch_daily_bars(
                     pool, [*good, "sh.999999"], START, END, batch_size=20
                 )
@@ -160,7 +151,7 @@ def test_faults_in_a_server_process_cost_bounded_time_and_leave_nothing(
         assert server_pid is not None
 
         async def run() -> tuple[FetchResult, list[int]]:
-            pool_config = config(faulty, request_timeout_s=0.5, max_retries=1)
+            pool_config = fast_config(faulty, request_timeout_s=0.5, max_retries=1)
             async with BaostockPool(pool_config) as pool:
                 result = await fetch_daily_bars(pool, good, START, END)
                 return result, pool.worker_pids()
@@ -179,7 +170,7 @@ def test_faults_in_a_server_process_cost_bounded_time_and_leave_nothing(
 
 def test_other_apis_and_single_requests(sim: SimulatorServer, codes: list[str]) -> None:
     async def run() -> tuple[pd.DataFrame, pd.DataFrame, FetchResult, FetchResult]:
-        async with BaostockPool(config(sim)) as pool:
+        async with BaostockPool(fast_config(sim)) as pool:
             days = await fetch_table(
                 pool, "query_trade_dates", start_date="2024-06-01", end_date="2024-06-30"
             )
@@ -216,7 +207,7 @@ def test_other_apis_and_single_requests(sim: SimulatorServer, codes: list[str]) 
 
 
 def test_sync_pool_runs_a_batch_fetch(sim: SimulatorServer, codes: list[str]) -> None:
-    with SyncBaostockPool(config(sim, concurrency=2)) as pool:
+    with SyncBaostockPool(fast_config(sim, concurrency=2)) as pool:
         result = pool.run(fetch_daily_bars, codes[:10], START, END)
     assert result.failures == {} and set(result.frame["code"]) == set(codes[:10])
 
@@ -229,7 +220,7 @@ def test_batches_can_be_streamed_to_a_sink(sim: SimulatorServer, codes: list[str
         received.append(frame)
 
     async def run() -> FetchResult:
-        async with BaostockPool(config(sim)) as pool:
+        async with BaostockPool(fast_config(sim)) as pool:
             return await fetch_daily_bars(
                 pool, codes[:30], START, END, batch_size=10, on_batch=sink
             )
@@ -242,7 +233,7 @@ def test_batches_can_be_streamed_to_a_sink(sim: SimulatorServer, codes: list[str
 
 def test_empty_fetch_has_typed_columns(sim: SimulatorServer) -> None:
     async def run() -> FetchResult:
-        async with BaostockPool(config(sim, concurrency=1)) as pool:
+        async with BaostockPool(fast_config(sim, concurrency=1)) as pool:
             return await fetch_daily_bars(pool, [], START, END)
 
     result = asyncio.run(run())

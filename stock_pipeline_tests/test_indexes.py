@@ -10,8 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import asyncpg
 import numpy as np
@@ -35,6 +34,7 @@ from stock_pipeline.warehouse.tables import (
     technical_daily,
 )
 from stock_pipeline.warehouse.writer import replace_window
+from stock_pipeline_tests.helpers import run_with_pool as run
 
 TABLES = [technical_daily, fetch_log, index_definitions]
 
@@ -68,14 +68,6 @@ def fresh_tables(engine: Engine) -> Iterator[None]:
             )
         )
     yield
-
-
-def run(pg_dsn: str, work: Callable[[asyncpg.Pool], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        async with asyncpg.create_pool(pg_dsn, min_size=1, max_size=3) as pool:
-            return await work(pool)
-
-    return asyncio.run(main())
 
 
 def index_state(engine: Engine, table: str) -> list[tuple]:

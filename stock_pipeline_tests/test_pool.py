@@ -37,26 +37,11 @@ from stock_pipeline.baostock.pool import BaostockPool, PoolConfig, SyncBaostockP
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorServer
 from stock_pipeline.baostock.simulator.server import FaultContext
 from stock_pipeline.settings import Settings
-from stock_pipeline_tests.process_helpers import assert_gone
+from stock_pipeline_tests.helpers import assert_gone
+from stock_pipeline_tests.helpers import fast_pool_config as pool_config
 
 KLINE = "query_history_k_data_plus"
 FIELDS = "date,code,open,high,low,close,volume,tradestatus"
-
-
-def pool_config(sim: SimulatorServer, **overrides: Any) -> PoolConfig:
-    """Fast-failing settings for tests: short timeouts and backoff, no practical QPS limit."""
-    base: dict[str, Any] = {
-        "endpoint": (sim.host, sim.port),
-        "concurrency": 4,
-        "qps": 100_000.0,
-        "request_timeout_s": 5.0,
-        "backoff_base_s": 0.05,
-        "backoff_max_s": 0.2,
-        "blacklist_backoff_s": 0.5,
-        "max_retries": 2,
-    }
-    base.update(overrides)
-    return PoolConfig(**base)
 
 
 def kline(code: str, start: date | str, end: date | str, fields: str = FIELDS) -> dict[str, Any]:

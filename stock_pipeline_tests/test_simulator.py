@@ -6,7 +6,6 @@ serially through the `bs` fixture, which logs in against a module-wide simulator
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from datetime import date, timedelta
 
@@ -25,6 +24,7 @@ from stock_pipeline.baostock.simulator import (
     SimulatorServer,
 )
 from stock_pipeline.baostock.simulator import protocol as proto
+from stock_pipeline_tests.helpers import exchange
 
 DAILY = ",".join(f.name for f in apis.K_DAILY_FIELDS)
 PERIOD = ",".join(f.name for f in apis.K_PERIOD_FIELDS)
@@ -57,22 +57,6 @@ def drain(rs: object) -> list[list[str]]:
     return rows
 
 
-def raw_request(sim: SimulatorServer, requests: list[tuple[str, list[str]]], timeout: float = 5.0):
-    """Send requests on one fresh socket; returns decoded (type, body) replies, or the error."""
-    replies = []
-    with socket.create_connection((sim.host, sim.port), timeout=timeout) as sock:
-        for msg_type, body in requests:
-            sock.sendall(proto.encode_request(msg_type, body))
-            data = b""
-            while not data.endswith(proto.TERMINATOR):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise ConnectionResetError("server closed the connection")
-                data += chunk
-            replies.append(proto.decode_response(data))
-    return replies
-
-
 # ----- protocol and sessions ---------------------------------------------------------------------
 
 
@@ -99,8 +83,9 @@ def test_login_logout_and_bad_password(sim: SimulatorServer) -> None:
 
 
 def test_not_logged_in_is_refused(sim: SimulatorServer) -> None:
-    ((msg_type, body),) = raw_request(
-        sim, [("33", ["query_trade_dates", "anonymous", "1", "2000", "2024-01-01", "2024-01-31"])]
+    ((msg_type, body),) = exchange(
+        (sim.host, sim.port),
+        [("33", ["query_trade_dates", "anonymous", "1", "2000", "2024-01-01", "2024-01-31"])],
     )
     assert msg_type == "34"
     assert body[0] == NO_LOGIN

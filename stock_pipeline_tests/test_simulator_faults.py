@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -30,7 +29,7 @@ from stock_pipeline.baostock.simulator import (
     SimulatorProcess,
     SimulatorServer,
 )
-from stock_pipeline.baostock.simulator import protocol as proto
+from stock_pipeline_tests.helpers import exchange
 
 SMALL = {"seed": 5, "n_codes": 60}
 LOGIN = ("00", ["login", "anonymous", "123456", "0"])
@@ -39,22 +38,6 @@ LOGIN = ("00", ["login", "anonymous", "123456", "0"])
 def k_request(code: str, day: str = "2024-03-01") -> tuple[str, list[str]]:
     body = ["query_history_k_data_plus", "anonymous", "1", "2000", code, "date,code,close"]
     return "95", body + [day, day, "d", "3"]
-
-
-def exchange(endpoint: tuple[str, int], requests: list, timeout: float = 5.0) -> list:
-    """Send requests on one socket; returns decoded replies. Raises on EOF or timeout."""
-    replies = []
-    with socket.create_connection(endpoint, timeout=timeout) as sock:
-        for msg_type, body in requests:
-            sock.sendall(proto.encode_request(msg_type, body))
-            data = b""
-            while not data.endswith(proto.TERMINATOR):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise ConnectionResetError(f"closed after {len(data)} bytes")
-                data += chunk
-            replies.append(proto.decode_response(data))
-    return replies
 
 
 def second_request_fails(ctx: FaultContext) -> str | None:

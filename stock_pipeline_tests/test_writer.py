@@ -23,6 +23,7 @@ from stock_pipeline.warehouse.copy_format import encode_binary, kind_of, prepare
 from stock_pipeline.warehouse.tables import index_constituents, stock_daily, stocks
 from stock_pipeline.warehouse.urls import asyncpg_dsn
 from stock_pipeline.warehouse.writer import WriteError, replace_window, upsert
+from stock_pipeline_tests.helpers import run_with_pool as run
 
 TABLES = [stock_daily, stocks, index_constituents]
 DATA_COLUMNS = [c.name for c in stock_daily.c if c.name != "updated_at"]
@@ -38,16 +39,6 @@ def fresh_tables(engine: Engine) -> Iterator[None]:
 
     metadata.create_all(engine, tables=TABLES)
     yield
-
-
-def run(pg_dsn: str, work: Callable[[asyncpg.Pool], Awaitable[Any]]) -> Any:
-    """Run `work(pool)` with a fresh asyncpg pool, closed afterwards."""
-
-    async def main() -> Any:
-        async with asyncpg.create_pool(pg_dsn, min_size=1, max_size=4) as pool:
-            return await work(pool)
-
-    return asyncio.run(main())
 
 
 def daily_rows(
