@@ -10,19 +10,23 @@
     (default 40,000: at ~4k rows/s the full N would take minutes) and reported as rows/s;
 (c) SQLAlchemy executemany upsert, 5,000 dicts per call;
 (d) writer.replace_window into stock_daily (primary key + (trade_date, code) index), its yearly
-    partition present and empty, so every row goes into both indexes one by one;
-    (d_reference) is a bare COPY into that same indexed table: the gap between (a) and (d) is the
-    cost of maintaining the two indexes, the gap between (d_reference) and (d) is the writer's;
-    (d_new_partitions) is replace_window into stock_daily as the migrations leave it (no
-    partition for the year yet), where the writer builds the partition whole: not in the summary;
+    partition present and empty: the writer rebuilds the partition whole (rows, then primary
+    key and index) and swaps it in. (d_index_builds) is the floor of any writer that keeps
+    those two indexes: bare_daily after (a), loaded, gets the same primary key and index built
+    once; a / (a + builds) bounds replace_vs_bare_copy. (d_in_place) is replace_window with the
+    rows inserted into both indexes one by one (what a small window does), and (d_reference) a
+    bare COPY into the indexed table: the gap between (d_reference) and (d_in_place) is the
+    writer's own cost. (d_new_partitions) is replace_window into stock_daily as the migrations
+    leave it (no partition for the year yet): built whole too. Only (d) is in the summary;
 (e) writer.upsert into the empty stock_daily;
 (f) the same upsert again, every row unchanged;
 (g) a full import of N technical_daily rows (33 columns, primary key + (trade_date, code) index)
     into the empty table (partitions present) with writer.replace_window: all indexes in place
-    vs inside indexes.bulk_load (secondary index dropped and rebuilt with maintenance_work_mem
-    raised; empty partitions dropped so the writer builds them whole, their primary key after
-    the rows; the table's primary key constraint stays throughout, seed D2). (g_pk_maintained)
-    is bulk_load with the primary key maintained row by row, for comparison.
+    (every row inserted into both as it arrives; the writer's whole-partition build switched
+    off) vs with index management: inside indexes.bulk_load (secondary index dropped, rebuilt
+    afterwards with maintenance_work_mem raised) and the writer building each partition whole
+    (primary key after the rows); the table's primary key constraint stays throughout, seed
+    D2. (g_pk_maintained) is bulk_load with the primary key maintained row by row.
 
 Every method starts from an empty target after a CHECKPOINT. (b)-(f) all write stock_daily, so
 they pay the same index maintenance; (a) pays none, which is what "bare" means. With --repeat K
@@ -44,7 +48,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -56,7 +60,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from stock_pipeline.settings import Settings
 from stock_pipeline.warehouse import writer
-from stock_pipeline.warehouse.indexes import bulk_load, drop_empty_partitions
+from stock_pipeline.warehouse.indexes import bulk_load
 from stock_pipeline.warehouse.tables import (
     INDICATOR_COLUMNS,
     index_definitions,
@@ -80,7 +84,7 @@ def emit(record: dict[str, Any]) -> None:
 def _keys(n: int) -> tuple[np.ndarray, np.ndarray]:
     """(code, trade_date) for n rows: CODES stocks x enough trading days, in key order."""
     days = pd.bdate_range("2024-01-02", periods=-(-n // CODES))
-    codes = np.array([f"{'sh' if i % 2 else 'sz'}.{600000 + i:06d}" for i in range(CODES)])
+    codes = np.sort([f"{'sh' if i % 2 else 'sz'}.{600000 + i:06d}" for i in range(CODES)])
     return (
         np.repeat(codes, len(days))[:n].astype(object),
         np.tile(days.values.astype("datetime64[D]"), CODES)[:n],
@@ -197,6 +201,36 @@ async def sqlalchemy_executemany(url: str, table: Table, frame: pd.DataFrame) ->
         await engine.dispose()
 
 
+async def index_builds(pool: asyncpg.Pool, bare: Table) -> float:
+    """Seconds to build stock_daily's primary key and cross-section index on the loaded
+    bare_daily, as the writer builds them (maintenance_work_mem raised); dropped again."""
+    async with pool.acquire() as conn:
+        # Frozen and flushed first, like the writer's COPY FREEZE leaves its rows.
+        await conn.execute(f'VACUUM (FREEZE) "{bare.name}"')
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CHECKPOINT")
+        await conn.execute("SET maintenance_work_mem = '1GB'")
+        began = time.perf_counter()
+        await conn.execute(f'ALTER TABLE "{bare.name}" ADD PRIMARY KEY (code, trade_date)')
+        await conn.execute(f'CREATE INDEX bare_daily_ix ON "{bare.name}" (trade_date, code)')
+        seconds = time.perf_counter() - began
+        await conn.execute("DROP INDEX bare_daily_ix")
+        await conn.execute(f'ALTER TABLE "{bare.name}" DROP CONSTRAINT bare_daily_pkey')
+        await conn.execute("RESET maintenance_work_mem")
+    return seconds
+
+
+@contextlib.contextmanager
+def whole_partitions_off(rows: int) -> Iterator[None]:
+    """The writer inserts every row into the indexes one by one, however big the batch."""
+    threshold = writer.WHOLE_PARTITION_MIN_ROWS
+    writer.WHOLE_PARTITION_MIN_ROWS = rows + 1
+    try:
+        yield
+    finally:
+        writer.WHOLE_PARTITION_MIN_ROWS = threshold
+
+
 # -- harness -------------------------------------------------------------------------------------
 
 
@@ -207,6 +241,17 @@ async def fresh(pool: asyncpg.Pool, *tables: str) -> None:
             await conn.execute(f'TRUNCATE "{name}"')
         with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
             await conn.execute("CHECKPOINT")
+
+
+async def drop_partitions(pool: asyncpg.Pool, table: str) -> None:
+    """Leave the table as the migrations do: no partitions (the writer creates them)."""
+    names = await pool.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = to_regclass($1)",
+        table,
+    )
+    for row in names:
+        await pool.execute(f'DROP TABLE "{row["relname"]}"')
 
 
 async def timed(work: Callable[[], Awaitable[Any]]) -> float:
@@ -276,7 +321,7 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
             for _ in range(repeat):
                 await fresh(pool, target)
                 if without_partitions:
-                    await drop_empty_partitions(pool, target)
+                    await drop_partitions(pool, target)
                 seconds.append(await timed(work))
             return min(seconds)
 
@@ -302,19 +347,47 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
         c = await timed(lambda: sqlalchemy_executemany(url, stock_daily, daily))
         report("c_sqlalchemy_executemany_upsert", rows, c)
 
+        builds = await index_builds(pool, bare)
+        report(
+            "d_index_builds",
+            rows,
+            builds,
+            target="bare_daily, loaded: primary key and (trade_date, code) index built once",
+            bound_replace_vs_bare_copy=round(a / (a + builds), 3),
+            note="floor for keeping both indexes: COPY then build, as fast as (a) plus this",
+        )
+
         d = await best(
             "stock_daily",
             lambda: writer.replace_window(pool, stock_daily, daily, **window(daily)),
         )
-        report("d_writer_replace_window", rows, d, target="stock_daily (pk + ix)")
+        report(
+            "d_writer_replace_window",
+            rows,
+            d,
+            target="stock_daily (pk + ix), partition present and empty",
+            note="partition rebuilt whole and swapped in",
+        )
+        with whole_partitions_off(rows):
+            d_in_place = await best(
+                "stock_daily",
+                lambda: writer.replace_window(pool, stock_daily, daily, **window(daily)),
+            )
+        report(
+            "d_writer_replace_window_in_place",
+            rows,
+            d_in_place,
+            target="stock_daily (pk + ix)",
+            note="rows inserted into both indexes one by one",
+        )
         d_ref = await best("stock_daily", lambda: bare_copy(pool, stock_daily, daily))
         report(
             "d_reference_bare_copy_into_stock_daily",
             rows,
             d_ref,
             target="stock_daily (pk + ix)",
-            note="bare COPY into the indexed table: what replace_window costs beyond the indexes",
-            replace_vs_this=round(d_ref / d, 3),
+            note="bare COPY into the indexed table: what in-place replace costs beyond the indexes",
+            in_place_vs_this=round(d_ref / d_in_place, 3),
         )
         d_new = await best(
             "stock_daily",
@@ -341,11 +414,20 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
         report("e_writer_upsert_empty", rows, e)
         report("f_writer_upsert_unchanged", rows, f)
 
-        g_indexed = await best(
-            "technical_daily",
-            lambda: writer.replace_window(pool, technical_daily, technical, **window(technical)),
+        with whole_partitions_off(rows):
+            g_indexed = await best(
+                "technical_daily",
+                lambda: writer.replace_window(
+                    pool, technical_daily, technical, **window(technical)
+                ),
+            )
+        report(
+            "g_full_import_with_indexes",
+            rows,
+            g_indexed,
+            target="technical_daily",
+            note="every row inserted into both indexes as it arrives",
         )
-        report("g_full_import_with_indexes", rows, g_indexed, target="technical_daily")
 
         async def managed() -> None:
             async with bulk_load(pool, technical_daily, concurrently=False):
@@ -355,13 +437,9 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
         report("g_full_import_index_management", rows, g_managed, target="technical_daily")
 
         # The same without building partitions whole: only the secondary index is managed.
-        threshold = writer.NEW_PARTITION_MIN_ROWS
-        writer.NEW_PARTITION_MIN_ROWS = rows + 1
-        try:
+        with whole_partitions_off(rows):
             g_pk = await best("technical_daily", managed)
-        finally:
-            writer.NEW_PARTITION_MIN_ROWS = threshold
-            await writer.ensure_partitions(pool, technical_daily, years)
+        await writer.ensure_partitions(pool, technical_daily, years)
         report(
             "g_pk_maintained_index_management",
             rows,

@@ -54,6 +54,9 @@ class Settings:
     db_pool_recycle_s: int = 1800
     # Rows per COPY chunk: bounds client and temp-table memory (seed 000 D1).
     copy_chunk_rows: int = 50_000
+    # Connections a whole-partition build (a full import, a re-import of a year) loads and
+    # indexes with: one COPY stream keeps one server core busy.
+    copy_streams: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
 
     # BaoStock blacklists aggressive clients: conservative defaults, raise them knowingly.
     baostock_concurrency: int = 4
@@ -85,6 +88,7 @@ class Settings:
                 "DB_POOL_RECYCLE_S", defaults.db_pool_recycle_s, minimum=1
             ),
             copy_chunk_rows=reader.integer("COPY_CHUNK_ROWS", defaults.copy_chunk_rows, minimum=1),
+            copy_streams=reader.integer("COPY_STREAMS", defaults.copy_streams, minimum=1),
             baostock_concurrency=reader.integer(
                 "BAOSTOCK_CONCURRENCY", defaults.baostock_concurrency, minimum=1
             ),

@@ -205,28 +205,45 @@ def test_partition_created_during_the_load_gets_the_index(pg_dsn: str, engine: E
     assert state["ix_technical_daily_trade_date_code"][1] is True
 
 
-def test_a_full_import_into_empty_partitions_builds_them_whole(
+def test_a_full_import_builds_partitions_whole_and_the_rebuild_only_attaches(
     pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ):
-    """Empty partitions are dropped at the start and built whole by the load; afterwards the
-    table has exactly the indexes it had, and every row."""
-    monkeypatch.setattr(writer, "NEW_PARTITION_MIN_ROWS", 100)
+    """The load replaces every stored year, so the writer builds each partition whole with
+    all the table's indexes, the dropped one included; the rebuild attaches those instead of
+    building them again. Afterwards the table has exactly the indexes it had, and every row."""
+    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 100)
     before = index_state(engine, "technical_daily")
     with engine.connect() as conn:
         rows = pd.read_sql("SELECT code, trade_date, ma5 FROM technical_daily", conn)
-        conn.execute(text("TRUNCATE technical_daily"))
-        conn.commit()
 
-    async def load(pool: asyncpg.Pool) -> list[str]:
+    def index_oids() -> dict[str, int]:
+        with engine.connect() as conn:
+            found = conn.execute(
+                text(
+                    "SELECT ic.relname, ic.oid FROM pg_index i "
+                    "JOIN pg_class ic ON ic.oid = i.indexrelid "
+                    "JOIN pg_class t ON t.oid = i.indrelid "
+                    "WHERE t.relname LIKE 'technical_daily_%' AND NOT i.indisprimary"
+                )
+            )
+            return {name: oid for name, oid in found}
+
+    async def load(pool: asyncpg.Pool) -> tuple[list[str], dict[str, int]]:
         async with bulk_load(pool, technical_daily):
             during = [name for name, *_ in index_state(engine, "technical_daily")]
             await replace_window(
                 pool, technical_daily, rows, start=dt.date(2023, 1, 1), end=dt.date(2024, 12, 31)
             )
-        return during
+            built = index_oids()
+        return during, built
 
-    during = run(pg_dsn, load)
-    assert during == ["pk_technical_daily"], "empty partitions are dropped at the start"
+    during, built = run(pg_dsn, load)
+    assert "ix_technical_daily_trade_date_code" not in during
+    assert sorted(built) == [
+        "technical_daily_2023_trade_date_code_idx",
+        "technical_daily_2024_trade_date_code_idx",
+    ]
+    assert index_oids() == built, "the rebuild attached the indexes built with the partitions"
     assert index_state(engine, "technical_daily") == before
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM technical_daily")).scalar() == len(rows)

@@ -494,7 +494,7 @@ def test_a_new_partition_is_built_whole_and_matches_one_created_empty(
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE stock_daily_2024"))
 
-    monkeypatch.setattr(writer, "NEW_PARTITION_MIN_ROWS", 10)
+    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
     with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
         result = run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
     assert "built partition stock_daily_2024 whole (30 rows" in caplog.text
@@ -506,7 +506,7 @@ def test_a_new_partition_is_built_whole_and_matches_one_created_empty(
 def test_a_bad_row_while_building_a_partition_leaves_no_partition(
     pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(writer, "NEW_PARTITION_MIN_ROWS", 10)
+    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
     rows = daily_rows(codes=3, days=4).astype({"close": object})
     rows.loc[9, "close"] = "n/a"
     with pytest.raises(WriteError, match=r"column close: value 'n/a' is not a number"):
@@ -515,6 +515,193 @@ def test_a_bad_row_while_building_a_partition_leaves_no_partition(
             lambda pool: replace_window(pool, stock_daily, rows, chunk_rows=4, **window(rows)),
         )
     assert fetch(engine, "SELECT to_regclass('stock_daily_2024')::text") == [(None,)]
+
+
+def _dead_tuples_and_heap_fetches(engine: Engine, partition: str, day: str) -> tuple[int, int]:
+    """Dead tuples left in the partition, and heap fetches of an index-only cross-section
+    (0 when every page is all-visible)."""
+    with engine.connect() as conn:
+        conn.execute(text("SET enable_seqscan = off"))
+        conn.execute(text("SET enable_bitmapscan = off"))
+        plan = conn.execute(
+            text(
+                "EXPLAIN (ANALYZE, FORMAT JSON) "
+                f"SELECT code FROM {partition} WHERE trade_date = DATE '{day}'"
+            )
+        ).scalar()
+        dead = conn.execute(
+            text("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = to_regclass(:name)"),
+            {"name": partition},
+        ).scalar()
+    node = plan[0]["Plan"]
+    assert node["Node Type"] == "Index Only Scan", node
+    return int(dead or 0), int(node["Heap Fetches"])
+
+
+def _stages_left(engine: Engine) -> list[tuple]:
+    return fetch(
+        engine, "SELECT tablename FROM pg_tables WHERE schemaname = 'stock_pipeline_stage'"
+    )
+
+
+@pytest.mark.parametrize("streams", [1, 3], ids=["in_transaction", "parallel_stage"])
+def test_a_partition_holding_only_the_window_is_rebuilt_whole_and_swapped_in(
+    pg_dsn: str,
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    streams: int,
+):
+    """A big replace of a window that covers all a partition holds (a re-import of the year)
+    builds a new partition whole and swaps it in: same names, indexes and constraints as
+    before, the new rows, no dead tuples; loaded in the write's transaction (COPY FREEZE),
+    its pages are all-visible for index-only scans at once."""
+    monkeypatch.setenv("STOCK_PIPELINE_COPY_STREAMS", str(streams))
+    old = daily_rows(codes=5, days=6, seed=1)
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, old, **window(old)))
+    before = _partition_state(engine, "stock_daily_2024")
+    new = daily_rows(codes=5, days=6, seed=2)
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, new, **window(new)))
+    expected = checksum(engine, DATA_COLUMNS)
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, old, **window(old)))
+
+    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
+    with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
+        result = run(pg_dsn, lambda pool: replace_window(pool, stock_daily, new, **window(new)))
+    assert "rebuilt partition stock_daily_2024 whole (30 rows" in caplog.text
+    assert "swapped in" in caplog.text
+    assert (result.rows, result.deleted) == (30, 30)
+    assert _partition_state(engine, "stock_daily_2024") == before
+    assert checksum(engine, DATA_COLUMNS) == expected
+    assert _stages_left(engine) == []
+    dead, heap_fetches = _dead_tuples_and_heap_fetches(engine, "stock_daily_2024", "2024-01-03")
+    assert dead == 0
+    if streams == 1:
+        assert heap_fetches == 0
+
+    # The same again is idempotent, and an empty partition is swapped as well.
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, new, **window(new)))
+    assert checksum(engine, DATA_COLUMNS) == expected
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE stock_daily"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
+        run(pg_dsn, lambda pool: replace_window(pool, stock_daily, new, **window(new)))
+    assert "rebuilt partition stock_daily_2024 whole" in caplog.text
+    assert _partition_state(engine, "stock_daily_2024") == before
+    assert checksum(engine, DATA_COLUMNS) == expected
+
+
+def test_rows_outside_the_window_keep_the_partition_in_place(
+    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    rows = daily_rows(codes=5, days=8, seed=1)
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
+    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
+    days = sorted(rows.trade_date.unique())
+    inside = rows[rows.trade_date <= days[5]].assign(close=1.0)  # 30 rows, 10 stay outside
+    # Also with codes: the other codes' rows of the window stay too.
+    some = inside[inside.code.isin(["sh.600000", "sh.600001"])]
+    with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
+        run(pg_dsn, lambda pool: replace_window(pool, stock_daily, inside, **window(inside)))
+        run(
+            pg_dsn,
+            lambda pool: replace_window(
+                pool, stock_daily, some, codes=["sh.600000", "sh.600001"], **window(some)
+            ),
+        )
+    assert "rebuilt partition" not in caplog.text
+    assert fetch(engine, "SELECT count(*), count(*) FILTER (WHERE close = 1) FROM stock_daily") == [
+        (40, 30)
+    ]
+
+
+def test_a_bad_row_while_rebuilding_a_partition_keeps_the_old_one(
+    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+):
+    rows = daily_rows(codes=3, days=4)
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
+    before = checksum(engine)
+    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
+    bad = rows.astype({"volume": object})
+    bad.loc[9, "volume"] = -(2**70)
+    with pytest.raises(WriteError, match=r"column volume: .* out of range"):
+        run(
+            pg_dsn,
+            lambda pool: replace_window(pool, stock_daily, bad, chunk_rows=4, **window(bad)),
+        )
+    assert checksum(engine) == before
+    assert _stages_left(engine) == []
+
+
+def test_a_reader_that_never_lets_go_gets_the_rows_moved_in_place(
+    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """The swap waits for readers in short attempts; a reader holding the table past
+    SWAP_LOCK_WAIT_S does not fail the write: the rows are moved in place instead."""
+    old = daily_rows(codes=5, days=6, seed=1)
+    new = daily_rows(codes=5, days=6, seed=2)
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, new, **window(new)))
+    expected = checksum(engine, DATA_COLUMNS)
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, old, **window(old)))
+    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
+    monkeypatch.setattr(writer, "SWAP_LOCK_WAIT_S", 0.3)
+    monkeypatch.setattr(writer, "_SWAP_LOCK_ATTEMPT", "100ms")
+
+    async def scenario(pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as reader, reader.transaction():
+            assert await reader.fetchval("SELECT count(*) FROM stock_daily") == 30
+            await replace_window(pool, stock_daily, new, **window(new))
+            # The reader was never blocked for long and reads on.
+            assert await reader.fetchval("SELECT count(*) FROM stock_daily") == 30
+
+    with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
+        run(pg_dsn, scenario)
+    assert "moved in place (readers held the table)" in caplog.text
+    assert checksum(engine, DATA_COLUMNS) == expected
+    assert _stages_left(engine) == []
+
+
+def test_a_stage_left_by_a_crashed_load_is_replaced(
+    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
+    rows = daily_rows(codes=3, days=5)
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
+    expected = checksum(engine, DATA_COLUMNS)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE stock_daily"))
+        conn.execute(text("CREATE SCHEMA IF NOT EXISTS stock_pipeline_stage"))
+        conn.execute(text("CREATE TABLE stock_pipeline_stage.stock_daily_2024 (junk int)"))
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
+    assert checksum(engine, DATA_COLUMNS) == expected
+    assert _stages_left(engine) == []
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_concurrent_whole_partition_writers_take_turns(
+    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch, streams: int
+):
+    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
+    first = daily_rows(codes=6, days=5, seed=1)
+    second = daily_rows(codes=6, days=5, seed=2)
+    digests = set()
+    for frame in (first, second):
+        run(pg_dsn, lambda pool, f=frame: replace_window(pool, stock_daily, f, **window(f)))
+        digests.add(checksum(engine, DATA_COLUMNS))
+
+    async def race(pool: asyncpg.Pool) -> None:
+        await asyncio.gather(
+            *(
+                replace_window(pool, stock_daily, frame, streams=streams, **window(frame))
+                for frame in (first, second, first, second)
+            )
+        )
+
+    run(pg_dsn, race)
+    assert checksum(engine, DATA_COLUMNS) in digests
+    assert fetch(engine, "SELECT count(*) FROM stock_daily") == [(30,)]
+    assert _stages_left(engine) == []
 
 
 def test_ensure_partitions_skips_tables_that_are_not_natively_partitioned(
@@ -527,7 +714,12 @@ def test_ensure_partitions_skips_tables_that_are_not_natively_partitioned(
     assert run(pg_dsn, lambda pool: writer.ensure_partitions(pool, stock_daily, [2024])) == []
 
 
-def test_concurrent_reader_sees_the_old_window_or_the_new_one(pg_dsn: str, engine: Engine):
+@pytest.mark.parametrize("whole", [False, True], ids=["in_place", "rebuilt_and_swapped"])
+def test_concurrent_reader_sees_the_old_window_or_the_new_one(
+    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch, whole: bool
+):
+    if whole:
+        monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 100)
     old = daily_rows(codes=40, days=10, seed=1)
     new = daily_rows(codes=30, days=10, seed=2)
     run(pg_dsn, lambda pool: replace_window(pool, stock_daily, old, **window(old)))
@@ -649,9 +841,18 @@ def rls_role(engine: Engine, pg_dsn: str) -> Iterator[str]:
             conn.execute(text(f"DROP ROLE {role}"))
 
 
+@pytest.mark.parametrize("whole", [False, True], ids=["in_place", "big_enough_to_build_whole"])
 def test_copy_refused_by_the_server_falls_back_to_insert(
-    rls_role: str, engine: Engine, caplog: pytest.LogCaptureFixture
+    rls_role: str,
+    engine: Engine,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    whole: bool,
 ):
+    """Row-level security refuses COPY; a table with it is never built whole either (a stage
+    would skip its policies)."""
+    if whole:
+        monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 5)
     rows = daily_rows(codes=3, days=3)
     with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
         result = run(rls_role, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))

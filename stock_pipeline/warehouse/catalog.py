@@ -110,16 +110,50 @@ class IndexDefinition:
             f"ON {only}{parts['table']} USING {parts['body']}"
         )
 
-    def create_on(self, table: str, *, name: str | None = None, concurrently: bool = False) -> str:
+    def create_on(
+        self,
+        table: str,
+        *,
+        name: str | None = None,
+        concurrently: bool = False,
+        qualified: bool = False,
+    ) -> str:
         """The same index on another table (a partition), named `name` or as PostgreSQL
-        names it by default."""
+        names it by default. `qualified`: `table` is already a quoted, schema-qualified name."""
         parts = self.parts
         how = "CONCURRENTLY " if concurrently else ""
         named = f"{quote(name)} " if name else ""
-        return (
-            f"CREATE {parts['unique'] or ''}INDEX {how}{named}ON {quote(table)} "
-            f"USING {parts['body']}"
-        )
+        target = table if qualified else quote(table)
+        return f"CREATE {parts['unique'] or ''}INDEX {how}{named}ON {target} USING {parts['body']}"
+
+
+async def recorded_indexes(conn: asyncpg.Connection) -> list[IndexDefinition]:
+    """Indexes a bulk load dropped and has not rebuilt yet (the index_definitions table; none
+    where that table does not exist)."""
+    if not await conn.fetchval("SELECT to_regclass('index_definitions') IS NOT NULL"):
+        return []
+    rows = await conn.fetch(
+        "SELECT table_name, index_name, definition FROM index_definitions "
+        "ORDER BY dropped_at, table_name, index_name"
+    )
+    return [IndexDefinition(r["table_name"], r["index_name"], r["definition"]) for r in rows]
+
+
+async def plain_indexes(conn: asyncpg.Connection, table: str) -> list[IndexDefinition]:
+    """Indexes of this one table (a partition, say) that no constraint needs."""
+    rows = await conn.fetch(
+        """
+        SELECT ic.relname AS index_name, pg_get_indexdef(i.indexrelid) AS definition
+        FROM pg_index i
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        WHERE i.indrelid = to_regclass($1)
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid
+                          AND c.contype IN ('p', 'u', 'x'))
+        ORDER BY ic.relname
+        """,
+        quote(table),
+    )
+    return [IndexDefinition(table, r["index_name"], r["definition"]) for r in rows]
 
 
 async def secondary_indexes(conn: asyncpg.Connection, table: Table | str) -> list[IndexDefinition]:

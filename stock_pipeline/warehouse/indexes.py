@@ -12,15 +12,16 @@ and the rebuild loses nothing: `repair_indexes` rebuilds whatever is recorded th
 `bulk_load` calls it before it drops anything.
 
 Rebuilding builds each index once from sorted data, with `maintenance_work_mem` raised for the
-session, instead of inserting into it row by row during the load. Partitions that are empty
-when the load starts are dropped: the writer then builds each of them whole (rows COPYed into a
-new table, its primary key built once, ATTACHed in the same transaction), so that for a first
-full import even the primary key is built instead of maintained row by row, while the table's
-primary key constraint never goes away and still rejects duplicates. A plain CREATE INDEX lets other
-sessions read but blocks their writes while it runs; CONCURRENTLY blocks neither (two table
-scans, no transaction block). PostgreSQL cannot build a partitioned parent's index
-CONCURRENTLY, so for partitioned tables the parent index is created ON ONLY, each partition's
-index is built CONCURRENTLY and then attached, which makes the parent valid.
+session, instead of inserting into it row by row during the load. A year the load replaces
+entirely (or whose partition is empty or missing) the writer builds whole anyway: rows first,
+then the primary key and every index the table should have, the dropped ones included; the
+rebuild then just attaches those. So even the primary key is built instead of maintained row by
+row, while the table's primary key constraint never goes away and still rejects duplicates.
+A plain CREATE INDEX lets other sessions read but blocks their writes while it runs;
+CONCURRENTLY blocks neither (two table scans, no transaction block). PostgreSQL cannot build a
+partitioned parent's index CONCURRENTLY, so for partitioned tables the parent index is created
+ON ONLY, each partition's index is built CONCURRENTLY and then attached, which makes the parent
+valid.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from stock_pipeline.warehouse.catalog import (
     IndexDefinition,
     connection,
     partitions,
-    partitions_lock,
     quote,
     raise_maintenance_work_mem,
+    recorded_indexes,
     secondary_indexes,
     table_name,
     table_oid,
@@ -81,14 +82,6 @@ async def drop_indexes(db: Database, table: Table | str) -> list[IndexDefinition
 # -- rebuild -------------------------------------------------------------------------------------
 
 
-async def _recorded(conn: asyncpg.Connection) -> list[IndexDefinition]:
-    rows = await conn.fetch(
-        "SELECT table_name, index_name, definition FROM index_definitions "
-        "ORDER BY dropped_at, table_name, index_name"
-    )
-    return [IndexDefinition(r["table_name"], r["index_name"], r["definition"]) for r in rows]
-
-
 async def _index_state(conn: asyncpg.Connection, name: str) -> tuple[bool, str] | None:
     """(valid, definition) of an existing index, or None."""
     row = await conn.fetchrow(
@@ -124,17 +117,36 @@ async def _rename_children(
             await conn.execute(f"ALTER INDEX {quote(row['index_name'])} RENAME TO {quote(name)}")
 
 
+async def _unattached(
+    conn: asyncpg.Connection, partition: str
+) -> list[tuple[IndexDefinition, bool]]:
+    """The partition's indexes that belong to no parent index and back no constraint, each
+    with whether it is valid."""
+    rows = await conn.fetch(
+        """
+        SELECT ic.relname AS index_name, pg_get_indexdef(i.indexrelid) AS definition,
+               i.indisvalid AS valid
+        FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+        WHERE i.indrelid = to_regclass($1)
+          AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
+        """,
+        quote(partition),
+    )
+    return [
+        (IndexDefinition(partition, r["index_name"], r["definition"]), r["valid"]) for r in rows
+    ]
+
+
 async def _drop_unattached(conn: asyncpg.Connection, children: Sequence[IndexDefinition]) -> None:
-    """Drop partition indexes an interrupted concurrent rebuild built but never attached: they
-    hold the recorded names and would duplicate the rebuilt ones."""
+    """Drop partition indexes an interrupted concurrent rebuild left invalid under the recorded
+    names. A valid one stays: CREATE INDEX on the parent attaches an equal index it finds on a
+    partition instead of building another (the writer builds them with a partition built
+    whole during a bulk load)."""
     for child in children:
-        orphan = await conn.fetchval(
-            "SELECT NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass($1)) "
-            "FROM pg_index WHERE indexrelid = to_regclass($1)",
-            quote(child.name),
-        )
-        if orphan:
-            await conn.execute(f"DROP INDEX {quote(child.name)}")
+        for index, valid in await _unattached(conn, child.table):
+            if index.name == child.name and not valid:
+                await conn.execute(f"DROP INDEX {quote(index.name)}")
 
 
 async def _build_concurrently(
@@ -155,6 +167,15 @@ async def _build_concurrently(
     await conn.execute(parent.create(recurse=False))
     recorded = {c.table: c.name for c in children}
     for _, partition in await partitions(conn, oid):
+        ready = [
+            i for i, valid in await _unattached(conn, partition) if valid and i.body == parent.body
+        ]
+        if ready:
+            # Built with the partition (a whole-partition build during the bulk load).
+            await conn.execute(
+                f"ALTER INDEX {quote(parent.name)} ATTACH PARTITION {quote(ready[0].name)}"
+            )
+            continue
         name = recorded.get(partition)
         if name is not None and (state := await _index_state(conn, name)) is not None:
             # Left by a crash between this partition's build and its ATTACH: reuse it if it is
@@ -246,7 +267,7 @@ async def rebuild_indexes(
     """
     name = table_name(table)
     async with connection(db) as conn:
-        recorded = await _recorded(conn)
+        recorded = await recorded_indexes(conn)
         partition_names: set[str] = set()
         oid = await table_oid(conn, name)
         if oid is not None:
@@ -291,7 +312,7 @@ async def rebuild_indexes(
 async def repair_indexes(db: Database) -> list[str]:
     """Rebuild every index left in index_definitions by an interrupted bulk load."""
     async with connection(db) as conn:
-        recorded = await _recorded(conn)
+        recorded = await recorded_indexes(conn)
         if not recorded:
             return []
         roots = []
@@ -314,35 +335,6 @@ async def repair_indexes(db: Database) -> list[str]:
         return repaired
 
 
-async def drop_empty_partitions(db: Database, table: Table | str) -> list[str]:
-    """Drop the table's partitions that hold no rows, so that a bulk load builds them whole
-    (writer.replace_window: rows first, then the primary key and indexes, then ATTACH).
-
-    An empty partition holds nothing to lose, and the writer creates a missing one on demand.
-    Runs under the writer's partition lock, re-checking emptiness there.
-    """
-    name = table_name(table)
-    async with connection(db) as conn:
-        oid = await table_oid(conn, name)
-        if oid is None or not await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = $1)", oid
-        ):
-            return []
-        dropped = []
-        async with conn.transaction():
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", partitions_lock(name)
-            )
-            for _, partition in await partitions(conn, oid):
-                if not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {quote(partition)})"):
-                    dropped.append(partition)
-            if dropped:
-                await conn.execute("DROP TABLE " + ", ".join(map(quote, dropped)))
-    if dropped:
-        log.info("[indexes] %s: dropped empty partitions %s", name, ", ".join(dropped))
-    return dropped
-
-
 @contextlib.asynccontextmanager
 async def bulk_load(
     db: Database,
@@ -352,10 +344,8 @@ async def bulk_load(
     maintenance_work_mem: str | None = "1GB",
 ) -> AsyncIterator[list[IndexDefinition]]:
     """Drop the table's secondary indexes for the block and rebuild them afterwards, also when
-    the block fails. Repairs leftovers of an interrupted earlier load first, and drops empty
-    partitions so that the load builds them whole (their primary key after the rows)."""
+    the block fails. Repairs leftovers of an interrupted earlier load first."""
     await repair_indexes(db)
-    await drop_empty_partitions(db, table)
     dropped = await drop_indexes(db, table)
     try:
         yield dropped

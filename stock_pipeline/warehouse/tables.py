@@ -40,6 +40,9 @@ from sqlalchemy.types import TypeEngine
 
 from stock_pipeline.baostock.apis import APIS, K_FIELDS_BY_KIND, Field
 
+# Where the writer builds a partition whole before it joins its table (migration 0002).
+STAGE_SCHEMA = "stock_pipeline_stage"
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",

@@ -10,8 +10,10 @@ name) and a DataFrame whose columns are a subset of the table's:
   locks), while a changed value (a source correction) is written and gets a new `updated_at`.
 - `replace_window(db, table, rows, start=, end=, codes=)`: for trade_date-partitioned tables,
   delete [start, end] (optionally only for some codes) and COPY the rows straight into the table;
-  no temporary table, the window is empty. A year that has no partition yet and receives many
-  rows (a full import) gets its partition built whole: rows first, primary key and indexes after.
+  no temporary table, the window is empty. A year that receives many rows (a full import, a
+  re-import) and has no partition yet, or one holding nothing outside the window, gets its
+  partition built whole instead: rows first, primary key and indexes after, then swapped in;
+  from a pool, over several COPY streams with the indexes built in parallel.
 - `append(db, table, rows)`: COPY the rows in as they are (append-only data).
 
 Common to all: the batch is put in key order and duplicate keys collapse to the last row; a bad
@@ -30,8 +32,8 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 import asyncpg
@@ -42,10 +44,13 @@ from sqlalchemy import Column, Table
 from stock_pipeline.settings import Settings
 from stock_pipeline.warehouse.catalog import (
     Database,
+    IndexDefinition,
     connection,
     partitions_lock,
+    plain_indexes,
     quote,
     raise_maintenance_work_mem,
+    recorded_indexes,
     resolve,
     secondary_indexes,
 )
@@ -57,16 +62,26 @@ from stock_pipeline.warehouse.copy_format import (
     prepare_column,
     to_records,
 )
+from stock_pipeline.warehouse.tables import STAGE_SCHEMA
 
 log = logging.getLogger(__name__)
 
 Method = Literal["copy", "insert"]
 
-# A year without a partition that receives at least this many rows in one replace_window (a
-# full import, a backfill) gets its partition built whole: rows COPYed into a new table, its
-# primary key and indexes built once from sorted data, then attached. Cheaper than inserting
-# every row into the indexes one by one; below this, one by one is cheap enough.
-NEW_PARTITION_MIN_ROWS = 100_000
+# A year that receives at least this many rows in one replace_window (a full import, a
+# backfill) and has no partition yet, or a partition holding nothing outside the window, gets
+# its partition built whole: rows COPYed into a new table, its primary key and indexes built
+# once after the rows, then attached (replacing the old partition, if any). Far cheaper than
+# inserting every row into the indexes one by one, and it leaves no dead tuples behind; below
+# this, one by one is cheap enough.
+WHOLE_PARTITION_MIN_ROWS = 100_000
+# Swapping a rebuilt partition in needs an ACCESS EXCLUSIVE lock on the table for an instant.
+# Each attempt queues ahead of new readers for at most _SWAP_LOCK_ATTEMPT; after
+# SWAP_LOCK_WAIT_S of readers that never let go, the rows are moved in place instead.
+SWAP_LOCK_WAIT_S = 30.0
+_SWAP_LOCK_ATTEMPT = "1s"
+# The CHECK that bounds a stage to its year until it is attached.
+_BOUND = "stock_pipeline_year_bound"
 BUILD_MAINTENANCE_WORK_MEM = "1GB"
 
 # Set by the database on every write; never a reason to rewrite a row.
@@ -435,91 +450,469 @@ async def ensure_partitions(db: Database, table: Table | str, years: Iterable[in
     return created
 
 
-async def _new_partition_years(db: Database, table: Table, row_years: np.ndarray) -> list[int]:
-    """Years of the batch that have no partition yet and enough rows to build one whole."""
+def _big_years(table: Table, row_years: np.ndarray) -> list[int]:
+    """Years of the batch with enough rows to build their partition whole."""
     if not table.info.get("partition_column") or not len(row_years):
         return []
     years, counts = np.unique(row_years, return_counts=True)
-    big = [int(y) for y, n in zip(years, counts, strict=True) if n >= NEW_PARTITION_MIN_ROWS]
-    if not big:
+    return [int(y) for y, n in zip(years, counts, strict=True) if n >= WHOLE_PARTITION_MIN_ROWS]
+
+
+async def _missing_partition_years(db: Database, table: Table, years: list[int]) -> list[int]:
+    if not years:
         return []
     async with connection(db) as conn:
         existing = await _existing_partitions(conn, table)
     if existing is None:
         return []
-    return [y for y in big if f"{table.name}_{y}" not in existing]
+    return [y for y in years if f"{table.name}_{y}" not in existing]
 
 
-async def _build_partition(
+def _ranges_outside_years(start: date, end: date, years: Iterable[int]) -> list[tuple[date, date]]:
+    """[start, end] without the given whole years, as date ranges."""
+    ranges: list[tuple[date, date]] = []
+    low = start
+    for year in sorted(years):
+        first, last = date(year, 1, 1), date(year, 12, 31)
+        if first > low:
+            ranges.append((low, min(end, first - timedelta(days=1))))
+        low = max(low, last + timedelta(days=1))
+    if low <= end:
+        ranges.append((low, end))
+    return ranges
+
+
+# -- whole partitions ----------------------------------------------------------------------------
+#
+# A year built whole goes through a table of the same name in STAGE_SCHEMA: created like the
+# parent, bounded to its year by a CHECK, loaded, indexed, then (in the write's transaction)
+# moved into the parent's schema and ATTACHed, after dropping the partition it replaces. Built
+# under its final name, it gets the index names PostgreSQL gives a partition; a replaced
+# partition's own names are kept. From a pool, the stage is loaded by several COPY streams and
+# indexed by parallel builds on committed connections, under session-level locks that keep
+# other writers of the table out; from one connection, everything happens in the write's
+# transaction and the rows go in with COPY FREEZE.
+
+
+@dataclass(frozen=True)
+class _WholeYear:
+    """A year whose partition is built whole: a new one, or one replacing a partition that
+    holds nothing outside the window."""
+
+    year: int
+    replaces: bool
+
+
+@dataclass
+class _Staged:
+    """Stages built over several connections before the write's transaction."""
+
+    plan: list[_WholeYear]
+    streams: int
+    chunks: int = 0
+    seconds: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _StageIndexes:
+    """How to index a stage: CREATE INDEX statements (any order, any connection), then the
+    ALTER TABLE statements that turn unique indexes into the key constraints."""
+
+    builds: list[str]
+    constraints: list[str]
+
+
+def _stage(table: Table, year: int) -> str:
+    return f"{quote(STAGE_SCHEMA)}.{quote(f'{table.name}_{year}')}"
+
+
+async def _ensure_stage_schema(db: Database, table: Table) -> None:
+    async with connection(db) as conn:
+        if await conn.fetchval("SELECT to_regnamespace($1) IS NOT NULL", STAGE_SCHEMA):
+            return
+        try:
+            async with conn.transaction():
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(STAGE_SCHEMA)}")
+        except asyncpg.UniqueViolationError:
+            pass  # a concurrent writer created it
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise WriteError(
+                table.name,
+                f"cannot create schema {STAGE_SCHEMA} for whole-partition builds ({exc}): "
+                "run `stock-pipeline db upgrade`, which creates it",
+            ) from None
+
+
+async def _holds_rows_outside(
+    conn: asyncpg.Connection, partition: str, where: str, arguments: Sequence[Any]
+) -> bool:
+    return await conn.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM {quote(partition)} WHERE NOT ({where}))", *arguments
+    )
+
+
+async def _plan_whole_years(
     conn: asyncpg.Connection,
     table: Table,
-    year: int,
+    big_years: Sequence[int],
+    where: str,
+    arguments: Sequence[Any],
+) -> list[_WholeYear]:
+    """Which of the big years get their partition built whole; the caller holds the table's
+    write and partition locks."""
+    existing = await _existing_partitions(conn, table) if big_years else None
+    if existing is None:
+        return []  # nothing big, or not natively partitioned (e.g. a hypertable)
+    if await conn.fetchval(
+        "SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass($1)", quote(table.name)
+    ):
+        return []  # rows loaded into a stage would skip the table's row-level security
+    plan = []
+    for year in big_years:
+        name = f"{table.name}_{year}"
+        if name not in existing:
+            plan.append(_WholeYear(year, replaces=False))
+        elif not await _holds_rows_outside(conn, name, where, arguments):
+            plan.append(_WholeYear(year, replaces=True))
+    return plan
+
+
+async def _stage_indexes(
+    conn: asyncpg.Connection, table: Table, whole: _WholeYear
+) -> _StageIndexes:
+    """The key constraints and indexes the stage gets: those of the partition it replaces
+    (names kept), else the parent's; plus the parent's indexes a bulk load dropped for now
+    (bulk_load's rebuild then only attaches them)."""
+    partition = f"{table.name}_{whole.year}"
+    stage = _stage(table, whole.year)
+    source = partition if whole.replaces else table.name
+    keys = await conn.fetch(
+        "SELECT conname, contype::text, pg_get_indexdef(conindid) AS definition FROM pg_constraint "
+        "WHERE conrelid = to_regclass($1) AND contype IN ('p', 'u') ORDER BY contype, conname",
+        quote(source),
+    )
+    builds, constraints = [], []
+    for key in keys:
+        index = IndexDefinition(source, key["conname"], key["definition"])
+        if whole.replaces:
+            name = key["conname"]
+        elif key["contype"] == "p":
+            name = f"{partition}_pkey"  # what PostgreSQL names a partition's primary key
+        else:
+            columns = index.parts["body"].split("(", 1)[1].rstrip(")").replace(" ", "")
+            name = f"{partition}_{columns.replace(',', '_')}_key"
+        builds.append(index.create_on(stage, name=name, qualified=True))
+        kind = "PRIMARY KEY" if key["contype"] == "p" else "UNIQUE"
+        constraints.append(
+            f"ALTER TABLE {stage} ADD CONSTRAINT {quote(name)} {kind} USING INDEX {quote(name)}"
+        )
+    if whole.replaces:
+        indexes = await plain_indexes(conn, partition)
+    else:
+        indexes = [i for i in await secondary_indexes(conn, table.name) if i.table == table.name]
+    bodies = {i.body for i in indexes}
+    for index in indexes:
+        builds.append(
+            index.create_on(stage, name=index.name if whole.replaces else None, qualified=True)
+        )
+    for pending in await recorded_indexes(conn):
+        if pending.table == table.name and pending.body not in bodies:
+            bodies.add(pending.body)
+            builds.append(pending.create_on(stage, qualified=True))
+    return _StageIndexes(builds, constraints)
+
+
+async def _create_stage(conn: asyncpg.Connection, table: Table, year: int) -> str:
+    """An empty stage for `year` (a leftover of an interrupted load is dropped first)."""
+    stage = _stage(table, year)
+    column = quote(table.info["partition_column"])
+    low, high = _year_bounds(year)
+    await conn.execute(f"DROP TABLE IF EXISTS {stage}")
+    await conn.execute(
+        f"CREATE TABLE {stage} (LIKE {quote(table.name)} INCLUDING DEFAULTS "
+        "INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)"
+    )
+    # The bound as a CHECK: rows are checked as they stream in, and ATTACH needs no scan.
+    await conn.execute(
+        f"ALTER TABLE {stage} ADD CONSTRAINT {quote(_BOUND)} "
+        f"CHECK ({column} IS NOT NULL AND {column} >= {low} AND {column} < {high})"
+    )
+    return stage
+
+
+def _year_bounds(year: int) -> tuple[str, str]:
+    return f"'{year:04d}-01-01'", f"'{year + 1:04d}-01-01'"
+
+
+async def _build_stage_in_transaction(
+    conn: asyncpg.Connection,
+    table: Table,
+    whole: _WholeYear,
     batch: _Batch,
     size: int,
     how: Method,
     progress: _Progress,
 ) -> int:
-    """Create `{table}_{year}` as a plain table, COPY the year's rows into it, build its
-    primary key and the table's indexes, and attach it; inside the caller's transaction, so
-    readers see the partition only complete. Returns the number of chunks."""
-    name = f"{table.name}_{year}"
-    column = quote(table.info["partition_column"])
-    low, high = f"'{year:04d}-01-01'", f"'{year + 1:04d}-01-01'"
-    began = time.perf_counter()
-    await conn.execute(
-        f"CREATE TABLE {quote(name)} (LIKE {quote(table.name)} INCLUDING DEFAULTS "
-        "INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)"
+    """Create, load and index the stage inside the caller's transaction. COPY FREEZE: the
+    table is new in this transaction, so its rows go in frozen and all-visible; readers never
+    rewrite the pages to set hint bits, and index-only scans work at once."""
+    await _create_stage(conn, table, whole.year)
+    chunks = await _copy_batch(
+        conn,
+        batch,
+        f"{table.name}_{whole.year}",
+        size,
+        how,
+        progress,
+        freeze=True,
+        schema=STAGE_SCHEMA,
     )
-    # The bound as a CHECK: rows are checked as they stream in, and ATTACH needs no scan.
-    bound = quote(f"{name}_bound")
-    await conn.execute(
-        f"ALTER TABLE {quote(name)} ADD CONSTRAINT {bound} "
-        f"CHECK ({column} IS NOT NULL AND {column} >= {low} AND {column} < {high})"
-    )
-    chunks = await _copy_batch(conn, batch, name, size, how, progress)
+    indexes = await _stage_indexes(conn, table, whole)
     await raise_maintenance_work_mem(conn, BUILD_MAINTENANCE_WORK_MEM, local=True)
-    constraints = await conn.fetch(
-        "SELECT pg_get_constraintdef(oid) AS definition FROM pg_constraint "
-        "WHERE conrelid = to_regclass($1) AND contype IN ('p', 'u') ORDER BY contype, conname",
+    for statement in [*indexes.builds, *indexes.constraints]:
+        await conn.execute(statement)
+    return chunks
+
+
+async def _extra_connections(
+    pool: asyncpg.Pool, wanted: int, stack: contextlib.AsyncExitStack
+) -> list[asyncpg.Connection]:
+    """Up to `wanted` more connections from the pool, without waiting for busy ones (a pool
+    shared with other work may have none to spare: then fewer streams)."""
+    extra: list[asyncpg.Connection] = []
+    for _ in range(wanted):
+        try:
+            extra.append(await stack.enter_async_context(pool.acquire(timeout=0.5)))
+        except TimeoutError:
+            break
+    return extra
+
+
+async def _build_stage_in_parallel(
+    connections: Sequence[asyncpg.Connection],
+    table: Table,
+    whole: _WholeYear,
+    batch: _Batch,
+    size: int,
+) -> int:
+    """Create the stage and commit it, COPY the batch into it over every connection (one
+    transaction each), then build its indexes in parallel. Returns the number of chunks."""
+    first = connections[0]
+    began = time.perf_counter()
+    await _create_stage(first, table, whole.year)
+    name = f"{table.name}_{whole.year}"
+    queue: asyncio.Queue[_Chunk | None] = asyncio.Queue(maxsize=len(connections))
+
+    async def produce() -> int:
+        count = 0
+        async with contextlib.aclosing(batch.chunks(size, "copy")) as chunks:
+            async for chunk in chunks:
+                await queue.put(chunk)
+                count += 1
+        for _ in connections:
+            await queue.put(None)
+        return count
+
+    async def stream(conn: asyncpg.Connection) -> None:
+        progress = _Progress(batch)
+        try:
+            async with conn.transaction():
+                while (chunk := await queue.get()) is not None:
+                    progress.at(batch, chunk)
+                    await _write_chunk(
+                        conn, name, batch.column_names, chunk, "copy", schema=STAGE_SCHEMA
+                    )
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            raise progress.error(exc) from exc
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            producer = group.create_task(produce())
+            for conn in connections:
+                group.create_task(stream(conn))
+    except BaseExceptionGroup as failed:
+        raise _first_error(failed) from None
+    loaded = time.perf_counter()
+    indexes = await _stage_indexes(first, table, whole)
+
+    async def build(conn: asyncpg.Connection, statements: Sequence[str]) -> None:
+        await raise_maintenance_work_mem(conn, BUILD_MAINTENANCE_WORK_MEM, local=False)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.execute("RESET maintenance_work_mem")
+
+    shares = [indexes.builds[i :: len(connections)] for i in range(len(connections))]
+    try:
+        async with asyncio.TaskGroup() as group:
+            for conn, statements in zip(connections, shares, strict=True):
+                if statements:
+                    group.create_task(build(conn, statements))
+    except BaseExceptionGroup as failed:
+        raise _first_error(failed) from None
+    for statement in indexes.constraints:
+        await first.execute(statement)
+    log.debug(
+        "[writer] %s: stage %d: %d rows over %d COPY streams %.2fs, %d indexes %.2fs",
+        table.name,
+        whole.year,
+        len(batch),
+        len(connections),
+        loaded - began,
+        len(indexes.builds),
+        time.perf_counter() - loaded,
+    )
+    return producer.result()
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error that failed a task group (the other tasks were cancelled because of it)."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return _first_error(error)
+        if not isinstance(error, asyncio.CancelledError):
+            return error
+    return group.exceptions[0]
+
+
+async def _lock_for_swap(conn: asyncpg.Connection, parent: str, partition: str) -> bool:
+    """ACCESS EXCLUSIVE on the table and the partition, to swap the partition. Waits in short
+    attempts, so a long-running reader never holds every other reader up behind the swap;
+    False after SWAP_LOCK_WAIT_S without the lock."""
+    deadline = time.monotonic() + SWAP_LOCK_WAIT_S
+    previous = await conn.fetchval("SELECT current_setting('lock_timeout')")
+    while True:
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT set_config('lock_timeout', $1, true)", _SWAP_LOCK_ATTEMPT
+                )
+                await conn.execute(
+                    f"LOCK TABLE ONLY {quote(parent)}, ONLY {quote(partition)} "
+                    "IN ACCESS EXCLUSIVE MODE"
+                )
+            return True
+        except asyncpg.LockNotAvailableError:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.2)
+        finally:
+            await conn.execute("SELECT set_config('lock_timeout', $1, true)", previous)
+
+
+async def _place_stage(
+    conn: asyncpg.Connection,
+    table: Table,
+    whole: _WholeYear,
+    columns: Sequence[str],
+    where: str,
+    arguments: Sequence[Any],
+) -> tuple[int, str]:
+    """Put the indexed stage in place of `{table}_{year}`, in the caller's transaction.
+    Returns the rows removed from the window and what was done."""
+    partition = f"{table.name}_{whole.year}"
+    stage = _stage(table, whole.year)
+    removed, done = 0, "attached"
+    if whole.replaces:
+        if await _holds_rows_outside(conn, partition, where, arguments):
+            done = "moved in place (the partition got rows outside the window)"
+        elif not await _lock_for_swap(conn, table.name, partition):
+            done = "moved in place (readers held the table)"
+        else:
+            done = "swapped in"
+        if done != "swapped in":
+            # The rows go in one by one after all, indexes maintained as they arrive.
+            listed = ", ".join(map(quote, columns))
+            status = await conn.execute(f"DELETE FROM {quote(partition)} WHERE {where}", *arguments)
+            await conn.execute(
+                f"INSERT INTO {quote(partition)} ({listed}) SELECT {listed} FROM {stage}"
+            )
+            await conn.execute(f"DROP TABLE {stage}")
+            return int(status.split()[-1]), done
+        removed = await conn.fetchval(f"SELECT count(*) FROM {quote(partition)}")
+        await conn.execute(f"DROP TABLE {quote(partition)}")
+    schema = await conn.fetchval(
+        "SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = to_regclass($1)",
         quote(table.name),
     )
-    for constraint in constraints:
-        await conn.execute(f"ALTER TABLE {quote(name)} ADD {constraint['definition']}")
-    for index in await secondary_indexes(conn, table.name):
-        if index.table == table.name:
-            await conn.execute(index.create_on(name))
+    await conn.execute(f"ALTER TABLE {stage} SET SCHEMA {schema}")
+    low, high = _year_bounds(whole.year)
     await conn.execute(
-        f"ALTER TABLE {quote(table.name)} ATTACH PARTITION {quote(name)} "
+        f"ALTER TABLE {quote(table.name)} ATTACH PARTITION {quote(partition)} "
         f"FOR VALUES FROM ({low}) TO ({high})"
     )
-    await conn.execute(f"ALTER TABLE {quote(name)} DROP CONSTRAINT {bound}")
-    log.info(
-        "[writer] %s: built partition %s whole (%d rows, indexes after the load), %.2fs",
-        table.name,
-        name,
-        len(batch),
-        time.perf_counter() - began,
-    )
-    return chunks
+    await conn.execute(f"ALTER TABLE {quote(partition)} DROP CONSTRAINT {quote(_BOUND)}")
+    return removed, done
+
+
+async def _drop_stages(conn: asyncpg.Connection, table: Table, plan: Iterable[_WholeYear]) -> None:
+    """Drop what is left of the stages (nothing after a successful write). A stage that
+    cannot be dropped now is dropped by the next build of its year."""
+    for whole in plan:
+        try:
+            await conn.execute(f"DROP TABLE IF EXISTS {_stage(table, whole.year)}")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.warning("[writer] %s: could not drop stage %d: %s", table.name, whole.year, exc)
+
+
+def _copy_streams(db: Database, streams: int | None) -> int:
+    """COPY streams for a whole-partition build: one for a single connection."""
+    if not isinstance(db, asyncpg.Pool):
+        return 1
+    wanted = streams if streams is not None else Settings.from_env().copy_streams
+    if wanted < 1:
+        raise ValueError(f"streams must be >= 1, got {wanted}")
+    return min(wanted, db.get_max_size())
+
+
+@contextlib.asynccontextmanager
+async def _table_session_locks(
+    pool: asyncpg.Pool, table: Table
+) -> AsyncIterator[asyncpg.Connection]:
+    """A connection holding the table's write and partition locks for the whole session
+    (stages are built over several transactions); released on every path."""
+    keys = [f"stock_pipeline.write:{table.name}", partitions_lock(table.name)]
+    async with pool.acquire() as conn:
+        for key in keys:
+            await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
+        try:
+            yield conn
+        finally:
+            for key in reversed(keys):
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
 
 
 # -- writing ------------------------------------------------------------------------------------
 
 
 async def _write_chunk(
-    conn: asyncpg.Connection, target: str, columns: Sequence[str], chunk: _Chunk, method: Method
+    conn: asyncpg.Connection,
+    target: str,
+    columns: Sequence[str],
+    chunk: _Chunk,
+    method: Method,
+    freeze: bool = False,
+    schema: str | None = None,
 ) -> None:
     if chunk.data is not None:
         await conn.copy_to_table(
-            target, source=memoryview(chunk.data), columns=list(columns), format="binary"
+            target,
+            source=memoryview(chunk.data),
+            columns=list(columns),
+            schema_name=schema,
+            format="binary",
+            freeze=freeze or None,
         )
     elif method == "copy":
-        await conn.copy_records_to_table(target, records=chunk.records, columns=list(columns))
+        await conn.copy_records_to_table(
+            target, records=chunk.records, columns=list(columns), schema_name=schema
+        )
     else:
         placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+        qualified = f"{quote(schema)}.{quote(target)}" if schema else quote(target)
         await conn.executemany(
-            f"INSERT INTO {quote(target)} ({', '.join(map(quote, columns))}) "
-            f"VALUES ({placeholders})",
+            f"INSERT INTO {qualified} ({', '.join(map(quote, columns))}) VALUES ({placeholders})",
             chunk.records,
         )
 
@@ -552,13 +945,17 @@ async def _copy_batch(
     size: int,
     how: Method,
     progress: _Progress,
+    *,
+    freeze: bool = False,
+    schema: str | None = None,
 ) -> int:
-    """Write the whole batch into `target` chunk by chunk; returns the number of chunks."""
+    """Write the whole batch into `target` chunk by chunk; returns the number of chunks.
+    `freeze` only for a table created in this transaction (COPY FREEZE)."""
     count = 0
     async with contextlib.aclosing(batch.chunks(size, how)) as chunks:
         async for chunk in chunks:
             progress.at(batch, chunk)
-            await _write_chunk(conn, target, batch.column_names, chunk, how)
+            await _write_chunk(conn, target, batch.column_names, chunk, how, freeze, schema)
             count += 1
     return count
 
@@ -606,6 +1003,7 @@ async def replace_window(
     end: date,
     codes: Sequence[str] | None = None,
     chunk_rows: int | None = None,
+    streams: int | None = None,
     method: Method = "copy",
 ) -> WriteResult:
     """Make the rows of `table` with trade_date in [start, end] (and code in `codes`, when
@@ -614,6 +1012,10 @@ async def replace_window(
     Idempotent; a concurrent reader sees the old window or the new one, never a mix. Rows outside
     the window (or of other codes) are an error. Replace writers of one table take turns (an
     advisory lock), and wait for running upserts of that table.
+
+    A year with at least WHOLE_PARTITION_MIN_ROWS rows whose partition is missing, or holds
+    nothing outside the window, gets its partition built whole (see "whole partitions" above):
+    from a pool over `streams` connections (default STOCK_PIPELINE_COPY_STREAMS).
     """
     began = time.perf_counter()
     table = resolve(table)
@@ -628,41 +1030,97 @@ async def replace_window(
     batch = _Batch(table, rows, extra_keys=[date_column, *([code_column] if code_column else [])])
     _check_window(batch, date_column, start, end, codes)
     row_years = batch.row_years(date_column)
-    new_years = await _new_partition_years(db, table, row_years)
-    await ensure_partitions(db, table, [y for y in batch.years(date_column) if y not in new_years])
+    big_years = _big_years(table, row_years)
+    missing = await _missing_partition_years(db, table, big_years)
+    await ensure_partitions(db, table, [y for y in batch.years(date_column) if y not in missing])
+    if big_years:
+        await _ensure_stage_schema(db, table)
     size = _chunk_rows(chunk_rows)
-    target = table.name
+    parallel = _copy_streams(db, streams)
 
     where = f"{quote(date_column)} BETWEEN $1 AND $2"
-    arguments: list[Any] = [start, end]
+    window_arguments: list[Any] = [start, end]
     if codes is not None:
         where += " AND code = ANY($3::text[])"
-        arguments.append(list(codes))
+        window_arguments.append(list(codes))
 
-    async def body(conn: asyncpg.Connection, how: Method, progress: _Progress) -> tuple[int, int]:
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            f"stock_pipeline.write:{table.name}",
-        )
-        building: list[int] = []
-        if new_years:
-            # Held to the commit: nobody creates these partitions while they are being built.
+    def body_for(staged: _Staged | None):
+        """The write's transaction; with `staged`, the stages of its plan are built already."""
+
+        async def body(
+            conn: asyncpg.Connection, how: Method, progress: _Progress
+        ) -> tuple[int, int]:
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                partitions_lock(table.name),
+                f"stock_pipeline.write:{table.name}",
             )
-            existing = await _existing_partitions(conn, table) or set()
-            building = [y for y in new_years if f"{table.name}_{y}" not in existing]
-        status = await conn.execute(f"DELETE FROM {quote(target)} WHERE {where}", *arguments)
-        deleted = int(status.split()[-1])
-        in_new = np.isin(row_years, building)
-        count = await _copy_batch(conn, batch.subset(~in_new), target, size, how, progress)
-        for year in building:
-            part = batch.subset(row_years == year)
-            count += await _build_partition(conn, table, year, part, size, how, progress)
-        return deleted, count
+            whole = staged.plan if staged else None
+            if whole is None:
+                if big_years:
+                    # Held to the commit: nobody creates these partitions meanwhile.
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                        partitions_lock(table.name),
+                    )
+                whole = await _plan_whole_years(conn, table, big_years, where, window_arguments)
+            years = [w.year for w in whole]
+            deleted = 0
+            for low, high in _ranges_outside_years(start, end, years):
+                status = await conn.execute(
+                    f"DELETE FROM {quote(table.name)} WHERE {where}",
+                    low,
+                    high,
+                    *window_arguments[2:],
+                )
+                deleted += int(status.split()[-1])
+            rest = batch.subset(~np.isin(row_years, years))
+            count = await _copy_batch(conn, rest, table.name, size, how, progress)
+            for year in whole:
+                part = batch.subset(row_years == year.year)
+                year_began = time.perf_counter()
+                if staged is None:
+                    count += await _build_stage_in_transaction(
+                        conn, table, year, part, size, how, progress
+                    )
+                removed, done = await _place_stage(
+                    conn, table, year, part.column_names, where, window_arguments
+                )
+                deleted += removed
+                log.info(
+                    "[writer] %s: %s partition %s_%d whole (%d rows, %s), %s, %.2fs",
+                    table.name,
+                    "rebuilt" if year.replaces else "built",
+                    table.name,
+                    year.year,
+                    len(part),
+                    f"{staged.streams} COPY streams, indexes built in parallel"
+                    if staged
+                    else "loaded and indexed in the transaction",
+                    done,
+                    time.perf_counter() - year_began + (staged.seconds[year.year] if staged else 0),
+                )
+            return deleted, count
 
-    (deleted, chunks), used = await _run(db, batch, "replace_window", method, body)
+        return body
+
+    outcome = None
+    if big_years and parallel > 1 and method == "copy":
+        assert isinstance(db, asyncpg.Pool)
+        outcome = await _replace_with_stages(
+            db,
+            table,
+            batch,
+            row_years,
+            big_years,
+            where,
+            window_arguments,
+            size,
+            parallel,
+            body_for,
+        )
+    if outcome is None:
+        outcome = await _run(db, batch, "replace_window", method, body_for(None))
+    (deleted, chunks), used = outcome
     result = WriteResult(
         table.name,
         "replace_window",
@@ -687,6 +1145,54 @@ async def replace_window(
         "" if used == "copy" else " (INSERT fallback)",
     )
     return result
+
+
+async def _replace_with_stages(
+    pool: asyncpg.Pool,
+    table: Table,
+    batch: _Batch,
+    row_years: np.ndarray,
+    big_years: Sequence[int],
+    where: str,
+    window_arguments: Sequence[Any],
+    size: int,
+    streams: int,
+    body_for,
+) -> tuple[tuple[int, int], Method] | None:
+    """replace_window with its whole years staged over several connections first; None when
+    there is nothing to stage or the server refuses COPY (then the caller writes it all in one
+    transaction, which can fall back to INSERT)."""
+    async with _table_session_locks(pool, table) as conn, contextlib.AsyncExitStack() as stack:
+        plan = await _plan_whole_years(conn, table, big_years, where, window_arguments)
+        if not plan:
+            return None
+        try:
+            connections = [conn, *await _extra_connections(pool, streams - 1, stack)]
+            staged = _Staged(plan, len(connections))
+            for whole in plan:
+                part = batch.subset(row_years == whole.year)
+                began = time.perf_counter()
+                try:
+                    staged.chunks += await _build_stage_in_parallel(
+                        connections, table, whole, part, size
+                    )
+                except _COPY_REFUSED as refused:
+                    log.warning(
+                        "[writer] %s: COPY refused while staging (%s: %s); writing in one "
+                        "transaction instead",
+                        table.name,
+                        type(refused).__name__,
+                        refused.args[0] if refused.args else "",
+                    )
+                    return None
+                staged.seconds[whole.year] = time.perf_counter() - began
+            await stack.aclose()  # give the extra connections back before the transaction
+            (deleted, chunks), used = await _run(
+                conn, batch, "replace_window", "copy", body_for(staged)
+            )
+            return (deleted, chunks + staged.chunks), used
+        finally:
+            await _drop_stages(conn, table, plan)
 
 
 async def append(
