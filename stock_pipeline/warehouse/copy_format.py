@@ -116,6 +116,23 @@ class PreparedColumn:
             cut(self.starts),
         )
 
+    def take(self, rows: np.ndarray) -> PreparedColumn:
+        """The rows at positions `rows` (text values stay in the shared byte buffer)."""
+
+        def pick(array: np.ndarray | None) -> np.ndarray | None:
+            return None if array is None else array[rows]
+
+        values = self.values if self.kind == "text" else self.values[rows]
+        return PreparedColumn(
+            self.name,
+            self.kind,
+            values,
+            pick(self.null),
+            pick(self.lengths),
+            pick(self.objects),
+            pick(self.starts),
+        )
+
     def as_dates(self) -> np.ndarray:
         """A date column's values as datetime64[D]."""
         assert self.kind == "date"

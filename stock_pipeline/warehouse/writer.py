@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import re
 import time
@@ -203,6 +204,8 @@ class _Batch:
             c for c in self.column_names if c not in self.key and c not in BOOKKEEPING_COLUMNS
         ]
         self.frame = frame
+        # Positions in `frame` of this batch's rows (a subset shares its parent's frame).
+        self.rows: np.ndarray | None = None
         self.duplicates = 0
         upfront = dict.fromkeys([*self.key, *extra_keys])
         self.prepared: dict[str, PreparedColumn] = {}
@@ -211,7 +214,14 @@ class _Batch:
         self._collapse_duplicates()
 
     def __len__(self) -> int:
-        return len(self.frame)
+        return len(self.frame) if self.rows is None else len(self.rows)
+
+    def _column(self, name: str, start: int = 0, stop: int | None = None) -> pd.Series:
+        """Rows [start, stop) of one input column."""
+        series = self.frame[name]
+        if self.rows is None:
+            return series.iloc[start:stop]
+        return series.iloc[self.rows[start:stop]]
 
     # -- conversion ---------------------------------------------------------------------------
 
@@ -227,7 +237,7 @@ class _Batch:
 
     def key_at(self, row: int) -> dict[str, str]:
         """The primary key of row `row` (position in the batch), formatted for messages."""
-        return {k: _format_value(self.frame[k].iloc[row]) for k in self.key}
+        return {k: _format_value(self._column(k, row, row + 1).iloc[0]) for k in self.key}
 
     def describe_key(self, row: int) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.key_at(row).items())
@@ -307,11 +317,17 @@ class _Batch:
         return np.unique(self.row_years(column)).tolist()
 
     def subset(self, mask: np.ndarray) -> _Batch:
-        """The rows where `mask` is true, as a batch of their own."""
+        """The rows where `mask` is true, as a batch of their own: in key order already, it
+        shares this batch's frame and converted key columns (no copy of the other columns;
+        the encoder picks its rows chunk by chunk)."""
         if mask.all():
             return self
-        rows = self.frame.iloc[np.flatnonzero(mask)].reset_index(drop=True)
-        return _Batch(self.table, rows, extra_keys=list(self.prepared))
+        positions = np.flatnonzero(mask)
+        part = copy.copy(self)
+        part.rows = positions if self.rows is None else self.rows[positions]
+        part.prepared = {name: col.take(positions) for name, col in self.prepared.items()}
+        part.duplicates = 0
+        return part
 
     # -- chunks -------------------------------------------------------------------------------
 
@@ -320,7 +336,7 @@ class _Batch:
         columns = [
             self.prepared[c.name].slice(start, stop)
             if c.name in self.prepared
-            else self._prepare(c, self.frame[c.name].iloc[start:stop], start)
+            else self._prepare(c, self._column(c.name, start, stop), start)
             for c in self.columns
         ]
         if method == "copy":
@@ -331,7 +347,7 @@ class _Batch:
 
     async def chunks(self, chunk_rows: int, method: Method) -> AsyncIterator[_Chunk]:
         """The batch in chunks; the next chunk is encoded in a thread while this one is sent."""
-        n = len(self.frame)
+        n = len(self)
         starts = list(range(0, n, chunk_rows))
         if len(starts) <= 1:
             if n:
@@ -374,7 +390,7 @@ class _Batch:
             # No line number (an INSERT failed): the first NULL of that column is the culprit
             # of a NOT NULL violation.
             rows = range(chunk.start, chunk.stop) if chunk is not None else range(len(self))
-            nulls = self.frame[column].iloc[rows.start : rows.stop].isna().to_numpy()
+            nulls = self._column(column, rows.start, rows.stop).isna().to_numpy()
             if isinstance(exc, asyncpg.NotNullViolationError) and nulls.any():
                 row = rows.start + int(np.flatnonzero(nulls)[0])
         where = f"column {column}: " if column else ""
@@ -1076,14 +1092,15 @@ async def replace_window(
             rest = batch.subset(~np.isin(row_years, years))
             count = await _copy_batch(conn, rest, table.name, size, how, progress)
             for year in whole:
-                part = batch.subset(row_years == year.year)
+                in_year = row_years == year.year
                 year_began = time.perf_counter()
                 if staged is None:
+                    part = batch.subset(in_year)
                     count += await _build_stage_in_transaction(
                         conn, table, year, part, size, how, progress
                     )
                 removed, done = await _place_stage(
-                    conn, table, year, part.column_names, where, window_arguments
+                    conn, table, year, batch.column_names, where, window_arguments
                 )
                 deleted += removed
                 log.info(
@@ -1092,7 +1109,7 @@ async def replace_window(
                     "rebuilt" if year.replaces else "built",
                     table.name,
                     year.year,
-                    len(part),
+                    int(in_year.sum()),
                     f"{staged.streams} COPY streams, indexes built in parallel"
                     if staged
                     else "loaded and indexed in the transaction",
