@@ -634,6 +634,39 @@ def test_a_bad_row_while_rebuilding_a_partition_keeps_the_old_one(
     assert _stages_left(engine) == []
 
 
+def test_rows_added_outside_the_window_while_staging_are_kept(
+    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """A writer that skips the write lock (a raw INSERT here) adds a row outside the window
+    while the stage is built: the swap would drop it, so the rows are moved in place."""
+    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
+    rows = daily_rows(codes=5, days=6)
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
+    build = writer._build_stage_in_parallel
+
+    async def intrude(*args: Any) -> int:
+        chunks = await build(*args)
+        intruder = await asyncpg.connect(pg_dsn)
+        try:
+            await intruder.execute(
+                "INSERT INTO stock_daily (code, trade_date, close) "
+                "VALUES ('sh.699999', '2024-06-03', 1.5)"
+            )
+        finally:
+            await intruder.close()
+        return chunks
+
+    monkeypatch.setattr(writer, "_build_stage_in_parallel", intrude)
+    new = rows.assign(close=2.5)
+    with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
+        run(pg_dsn, lambda pool: replace_window(pool, stock_daily, new, streams=2, **window(new)))
+    assert "moved in place (the partition got rows outside the window)" in caplog.text
+    assert fetch(
+        engine, "SELECT count(*), count(*) FILTER (WHERE close = 2.5) FROM stock_daily"
+    ) == [(31, 30)]
+    assert _stages_left(engine) == []
+
+
 def test_a_reader_that_never_lets_go_gets_the_rows_moved_in_place(
     pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):

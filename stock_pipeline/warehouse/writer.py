@@ -831,10 +831,12 @@ async def _place_stage(
     stage = _stage(table, whole.year)
     removed, done = 0, "attached"
     if whole.replaces:
-        if await _holds_rows_outside(conn, partition, where, arguments):
-            done = "moved in place (the partition got rows outside the window)"
-        elif not await _lock_for_swap(conn, table.name, partition):
+        # Checked again under the lock: a writer that does not take the write lock (append)
+        # may have added rows meanwhile, which the swap would drop.
+        if not await _lock_for_swap(conn, table.name, partition):
             done = "moved in place (readers held the table)"
+        elif await _holds_rows_outside(conn, partition, where, arguments):
+            done = "moved in place (the partition got rows outside the window)"
         else:
             done = "swapped in"
         if done != "swapped in":
