@@ -314,7 +314,7 @@ class _Batch:
 
     def years(self, column: str) -> list[int]:
         """The distinct years of a date column."""
-        return np.unique(self.row_years(column)).tolist()
+        return list(_year_counts(self.row_years(column)))
 
     def subset(self, mask: np.ndarray) -> _Batch:
         """The rows where `mask` is true, as a batch of their own: in key order already, it
@@ -466,12 +466,21 @@ async def ensure_partitions(db: Database, table: Table | str, years: Iterable[in
     return created
 
 
+def _year_counts(row_years: np.ndarray) -> dict[int, int]:
+    """Rows per year, years ascending (a bincount: years span a few decades at most)."""
+    if not len(row_years):
+        return {}
+    first = int(row_years.min())
+    counts = np.bincount(row_years - first)
+    return {first + int(i): int(counts[i]) for i in np.flatnonzero(counts)}
+
+
 def _big_years(table: Table, row_years: np.ndarray) -> list[int]:
     """Years of the batch with enough rows to build their partition whole."""
-    if not table.info.get("partition_column") or not len(row_years):
+    if not table.info.get("partition_column"):
         return []
-    years, counts = np.unique(row_years, return_counts=True)
-    return [int(y) for y, n in zip(years, counts, strict=True) if n >= WHOLE_PARTITION_MIN_ROWS]
+    counts = _year_counts(row_years)
+    return [year for year, n in counts.items() if n >= WHOLE_PARTITION_MIN_ROWS]
 
 
 async def _missing_partition_years(db: Database, table: Table, years: list[int]) -> list[int]:
@@ -1050,7 +1059,7 @@ async def replace_window(
     row_years = batch.row_years(date_column)
     big_years = _big_years(table, row_years)
     missing = await _missing_partition_years(db, table, big_years)
-    await ensure_partitions(db, table, [y for y in batch.years(date_column) if y not in missing])
+    await ensure_partitions(db, table, [y for y in _year_counts(row_years) if y not in missing])
     if big_years:
         await _ensure_stage_schema(db, table)
     size = _chunk_rows(chunk_rows)
