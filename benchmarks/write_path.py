@@ -409,10 +409,10 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
             "better than a_parallel + both builds at once: a / that bounds replace_vs_bare_copy",
         )
 
-        d = await best(
-            "stock_daily",
-            lambda: writer.replace_window(pool, stock_daily, daily, **window(daily)),
-        )
+        def replace_daily() -> Awaitable[writer.WriteResult]:
+            return writer.replace_window(pool, stock_daily, daily, **window(daily))
+
+        d = await best("stock_daily", replace_daily)
         report(
             "d_writer_replace_window",
             rows,
@@ -421,10 +421,7 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
             note="partition rebuilt whole and swapped in",
         )
         with whole_partitions_off(rows):
-            d_in_place = await best(
-                "stock_daily",
-                lambda: writer.replace_window(pool, stock_daily, daily, **window(daily)),
-            )
+            d_in_place = await best("stock_daily", replace_daily)
         report(
             "d_writer_replace_window_in_place",
             rows,
@@ -441,11 +438,7 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
             note="bare COPY into the indexed table: what in-place replace costs beyond the indexes",
             in_place_vs_this=round(d_ref / d_in_place, 3),
         )
-        d_new = await best(
-            "stock_daily",
-            lambda: writer.replace_window(pool, stock_daily, daily, **window(daily)),
-            without_partitions=True,
-        )
+        d_new = await best("stock_daily", replace_daily, without_partitions=True)
         report(
             "d_writer_replace_window_new_partitions",
             rows,
