@@ -65,7 +65,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from stock_pipeline.settings import Settings
-from stock_pipeline.warehouse import writer
+from stock_pipeline.warehouse import partitions, writer
 from stock_pipeline.warehouse.indexes import bulk_load
 from stock_pipeline.warehouse.tables import (
     INDICATOR_COLUMNS,
@@ -269,12 +269,12 @@ async def load_then_index_floor(
 @contextlib.contextmanager
 def whole_partitions_off(rows: int) -> Iterator[None]:
     """The writer inserts every row into the indexes one by one, however big the batch."""
-    threshold = writer.WHOLE_PARTITION_MIN_ROWS
-    writer.WHOLE_PARTITION_MIN_ROWS = rows + 1
+    threshold = partitions.WHOLE_PARTITION_MIN_ROWS
+    partitions.WHOLE_PARTITION_MIN_ROWS = rows + 1
     try:
         yield
     finally:
-        writer.WHOLE_PARTITION_MIN_ROWS = threshold
+        partitions.WHOLE_PARTITION_MIN_ROWS = threshold
 
 
 # -- harness -------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, Text, UniqueConstraint, text
 from sqlalchemy.engine import Engine
 
-from stock_pipeline.warehouse import writer
+from stock_pipeline.warehouse import partitions
 from stock_pipeline.warehouse.indexes import (
     bulk_load,
     drop_indexes,
@@ -211,7 +211,7 @@ def test_a_full_import_builds_partitions_whole_and_the_rebuild_only_attaches(
     """The load replaces every stored year, so the writer builds each partition whole with
     all the table's indexes, the dropped one included; the rebuild attaches those instead of
     building them again. Afterwards the table has exactly the indexes it had, and every row."""
-    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 100)
+    monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 100)
     before = index_state(engine, "technical_daily")
     with engine.connect() as conn:
         rows = pd.read_sql("SELECT code, trade_date, ma5 FROM technical_daily", conn)

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
-from stock_pipeline.warehouse import writer
+from stock_pipeline.warehouse import partitions, writer
 from stock_pipeline.warehouse.copy_format import encode_binary, kind_of, prepare_column
 from stock_pipeline.warehouse.tables import index_constituents, stock_daily, stocks
 from stock_pipeline.warehouse.urls import asyncpg_dsn
@@ -494,7 +494,7 @@ def test_a_new_partition_is_built_whole_and_matches_one_created_empty(
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE stock_daily_2024"))
 
-    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
+    monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 10)
     with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
         result = run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
     assert "built partition stock_daily_2024 whole (30 rows" in caplog.text
@@ -506,7 +506,7 @@ def test_a_new_partition_is_built_whole_and_matches_one_created_empty(
 def test_a_bad_row_while_building_a_partition_leaves_no_partition(
     pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
+    monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 10)
     rows = daily_rows(codes=3, days=4).astype({"close": object})
     rows.loc[9, "close"] = "n/a"
     with pytest.raises(WriteError, match=r"column close: value 'n/a' is not a number"):
@@ -565,7 +565,7 @@ def test_a_partition_holding_only_the_window_is_rebuilt_whole_and_swapped_in(
     expected = checksum(engine, DATA_COLUMNS)
     run(pg_dsn, lambda pool: replace_window(pool, stock_daily, old, **window(old)))
 
-    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
+    monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 10)
     with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
         result = run(pg_dsn, lambda pool: replace_window(pool, stock_daily, new, **window(new)))
     assert "rebuilt partition stock_daily_2024 whole (30 rows" in caplog.text
@@ -597,7 +597,7 @@ def test_rows_outside_the_window_keep_the_partition_in_place(
 ):
     rows = daily_rows(codes=5, days=8, seed=1)
     run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
-    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
+    monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 10)
     days = sorted(rows.trade_date.unique())
     inside = rows[rows.trade_date <= days[5]].assign(close=1.0)  # 30 rows, 10 stay outside
     # Also with codes: the other codes' rows of the window stay too.
@@ -622,7 +622,7 @@ def test_a_bad_row_while_rebuilding_a_partition_keeps_the_old_one(
     rows = daily_rows(codes=3, days=4)
     run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
     before = checksum(engine)
-    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
+    monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 10)
     bad = rows.astype({"volume": object})
     bad.loc[9, "volume"] = -(2**70)
     with pytest.raises(WriteError, match=r"column volume: .* out of range"):
@@ -639,10 +639,10 @@ def test_rows_added_outside_the_window_while_staging_are_kept(
 ):
     """A writer that skips the write lock (a raw INSERT here) adds a row outside the window
     while the stage is built: the swap would drop it, so the rows are moved in place."""
-    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
+    monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 10)
     rows = daily_rows(codes=5, days=6)
     run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
-    build = writer._build_stage_in_parallel
+    build = partitions.build_stage_in_parallel
 
     async def intrude(*args: Any) -> int:
         chunks = await build(*args)
@@ -656,7 +656,7 @@ def test_rows_added_outside_the_window_while_staging_are_kept(
             await intruder.close()
         return chunks
 
-    monkeypatch.setattr(writer, "_build_stage_in_parallel", intrude)
+    monkeypatch.setattr(partitions, "build_stage_in_parallel", intrude)
     new = rows.assign(close=2.5)
     with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
         run(pg_dsn, lambda pool: replace_window(pool, stock_daily, new, streams=2, **window(new)))
@@ -677,9 +677,9 @@ def test_a_reader_that_never_lets_go_gets_the_rows_moved_in_place(
     run(pg_dsn, lambda pool: replace_window(pool, stock_daily, new, **window(new)))
     expected = checksum(engine, DATA_COLUMNS)
     run(pg_dsn, lambda pool: replace_window(pool, stock_daily, old, **window(old)))
-    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
-    monkeypatch.setattr(writer, "SWAP_LOCK_WAIT_S", 0.3)
-    monkeypatch.setattr(writer, "_SWAP_LOCK_ATTEMPT", "100ms")
+    monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 10)
+    monkeypatch.setattr(partitions, "SWAP_LOCK_WAIT_S", 0.3)
+    monkeypatch.setattr(partitions, "_SWAP_LOCK_ATTEMPT", "100ms")
 
     async def scenario(pool: asyncpg.Pool) -> None:
         async with pool.acquire() as reader, reader.transaction():
@@ -698,7 +698,7 @@ def test_a_reader_that_never_lets_go_gets_the_rows_moved_in_place(
 def test_a_stage_left_by_a_crashed_load_is_replaced(
     pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
+    monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 10)
     rows = daily_rows(codes=3, days=5)
     run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
     expected = checksum(engine, DATA_COLUMNS)
@@ -715,7 +715,7 @@ def test_a_stage_left_by_a_crashed_load_is_replaced(
 def test_concurrent_whole_partition_writers_take_turns(
     pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch, streams: int
 ):
-    monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 10)
+    monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 10)
     first = daily_rows(codes=6, days=5, seed=1)
     second = daily_rows(codes=6, days=5, seed=2)
     digests = set()
@@ -752,7 +752,7 @@ def test_concurrent_reader_sees_the_old_window_or_the_new_one(
     pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch, whole: bool
 ):
     if whole:
-        monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 100)
+        monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 100)
     old = daily_rows(codes=40, days=10, seed=1)
     new = daily_rows(codes=30, days=10, seed=2)
     run(pg_dsn, lambda pool: replace_window(pool, stock_daily, old, **window(old)))
@@ -885,7 +885,7 @@ def test_copy_refused_by_the_server_falls_back_to_insert(
     """Row-level security refuses COPY; a table with it is never built whole either (a stage
     would skip its policies)."""
     if whole:
-        monkeypatch.setattr(writer, "WHOLE_PARTITION_MIN_ROWS", 5)
+        monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 5)
     rows = daily_rows(codes=3, days=3)
     with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
         result = run(rls_role, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
