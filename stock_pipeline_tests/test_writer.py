@@ -667,6 +667,66 @@ def test_rows_added_outside_the_window_while_staging_are_kept(
     assert _stages_left(engine) == []
 
 
+def test_a_whole_partition_build_inside_the_callers_transaction_rolls_back_with_it(
+    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """Given one connection, the build runs in the caller's transaction (a savepoint), with
+    COPY FREEZE; rolling the caller back restores the old partition."""
+    monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 10)
+    old = daily_rows(codes=5, days=6, seed=1)
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, old, **window(old)))
+    before = checksum(engine)
+    new = daily_rows(codes=5, days=6, seed=2)
+
+    async def scenario(pool: asyncpg.Pool) -> int:
+        async with pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            await replace_window(conn, stock_daily, new, **window(new))
+            seen = await conn.fetchval("SELECT count(*) FROM stock_daily WHERE close IS NOT NULL")
+            await transaction.rollback()
+            return seen
+
+    with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
+        assert run(pg_dsn, scenario) == 30
+    assert "rebuilt partition stock_daily_2024 whole (30 rows, loaded and indexed" in caplog.text
+    assert checksum(engine) == before
+    assert _stages_left(engine) == []
+
+
+def test_a_cancelled_parallel_build_leaves_no_stage_and_no_lock(
+    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 10)
+    rows = daily_rows(codes=5, days=6)
+    started = asyncio.Event()
+    build = partitions.build_stage_in_parallel
+
+    async def stall(*args: Any) -> int:
+        await build(*args)
+        started.set()
+        await asyncio.sleep(60)
+        return 0
+
+    monkeypatch.setattr(partitions, "build_stage_in_parallel", stall)
+
+    async def scenario(pool: asyncpg.Pool) -> None:
+        task = asyncio.create_task(
+            replace_window(pool, stock_daily, rows, streams=2, **window(rows))
+        )
+        await asyncio.wait_for(started.wait(), 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(pg_dsn, scenario)
+    assert _stages_left(engine) == []
+    assert fetch(engine, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+    monkeypatch.setattr(partitions, "build_stage_in_parallel", build)
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
+    assert fetch(engine, "SELECT count(*) FROM stock_daily") == [(30,)]
+
+
 def test_a_reader_that_never_lets_go_gets_the_rows_moved_in_place(
     pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
