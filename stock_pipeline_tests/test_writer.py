@@ -755,8 +755,8 @@ def test_a_reader_that_never_lets_go_gets_the_rows_moved_in_place(
     assert _stages_left(engine) == []
 
 
-def test_a_stage_left_by_a_crashed_load_is_replaced(
-    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+def test_stages_left_by_a_crashed_load_are_dropped(
+    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
     monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 10)
     rows = daily_rows(codes=3, days=5)
@@ -766,9 +766,15 @@ def test_a_stage_left_by_a_crashed_load_is_replaced(
         conn.execute(text("TRUNCATE stock_daily"))
         conn.execute(text("CREATE SCHEMA IF NOT EXISTS stock_pipeline_stage"))
         conn.execute(text("CREATE TABLE stock_pipeline_stage.stock_daily_2024 (junk int)"))
-    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
+        conn.execute(text("CREATE TABLE stock_pipeline_stage.stock_daily_2019 (junk int)"))
+        conn.execute(text("CREATE TABLE stock_pipeline_stage.stocks_x_2019 (kept int)"))
+    with caplog.at_level(logging.WARNING, logger="stock_pipeline.warehouse.partitions"):
+        run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
+    assert "dropped stock_pipeline_stage.stock_daily_2019, left by an interrupted" in caplog.text
     assert checksum(engine, DATA_COLUMNS) == expected
-    assert _stages_left(engine) == []
+    assert _stages_left(engine) == [("stocks_x_2019",)]
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE stock_pipeline_stage.stocks_x_2019"))
 
 
 @pytest.mark.parametrize("streams", [1, 2])

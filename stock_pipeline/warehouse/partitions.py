@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -124,7 +125,7 @@ async def ensure_partitions(db: Database, table: Table | str, years: Iterable[in
                 )
                 created.append(name)
     if created:
-        log.info("[writer] %s: created partitions %s", table.name, ", ".join(created))
+        log.info("[partitions] %s: created partitions %s", table.name, ", ".join(created))
     return created
 
 
@@ -229,6 +230,25 @@ async def _holds_rows_outside(
     )
 
 
+async def _drop_leftover_stages(conn: asyncpg.Connection, table: Table) -> None:
+    """Drop the stages of `table` an interrupted build left behind: the caller holds the
+    table's write lock, so no build of it is under way."""
+    leftovers = await conn.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname ~ $2",
+        STAGE_SCHEMA,
+        f"^{re.escape(table.name)}_[0-9]{{4}}$",
+    )
+    for row in leftovers:
+        await conn.execute(f"DROP TABLE {quote(STAGE_SCHEMA)}.{quote(row['relname'])}")
+        log.warning(
+            "[partitions] %s: dropped %s.%s, left by an interrupted build",
+            table.name,
+            STAGE_SCHEMA,
+            row["relname"],
+        )
+
+
 async def plan_whole_years(
     conn: asyncpg.Connection,
     table: Table,
@@ -245,6 +265,7 @@ async def plan_whole_years(
         "SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass($1)", quote(table.name)
     ):
         return []  # rows loaded into a stage would skip the table's row-level security
+    await _drop_leftover_stages(conn, table)
     plan = []
     for year in big_years:
         name = f"{table.name}_{year}"
@@ -430,7 +451,7 @@ async def build_stage_in_parallel(
     for statement in indexes.constraints:
         await first.execute(statement)
     log.debug(
-        "[writer] %s: stage %d: %d rows over %d COPY streams %.2fs, %d indexes %.2fs",
+        "[partitions] %s: stage %d: %d rows over %d COPY streams %.2fs, %d indexes %.2fs",
         table.name,
         whole.year,
         len(batch),
@@ -531,7 +552,7 @@ async def drop_stages(conn: asyncpg.Connection, table: Table, plan: Iterable[Who
         try:
             await conn.execute(f"DROP TABLE IF EXISTS {_stage(table, whole.year)}")
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            log.warning("[writer] %s: could not drop stage %d: %s", table.name, whole.year, exc)
+            log.warning("[partitions] %s: could not drop stage %d: %s", table.name, whole.year, exc)
 
 
 def copy_streams(db: Database, streams: int | None) -> int:
