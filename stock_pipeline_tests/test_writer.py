@@ -718,10 +718,18 @@ def test_a_cancelled_parallel_build_leaves_no_stage_and_no_lock(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        # Checked while the pool (and the writer's connection in it) is still open.
+        other = await asyncpg.connect(pg_dsn)
+        try:
+            held = await other.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            )
+        finally:
+            await other.close()
+        assert held == 0
 
     run(pg_dsn, scenario)
     assert _stages_left(engine) == []
-    assert fetch(engine, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
     monkeypatch.setattr(partitions, "build_stage_in_parallel", build)
     run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
     assert fetch(engine, "SELECT count(*) FROM stock_daily") == [(30,)]
@@ -801,6 +809,23 @@ def test_concurrent_whole_partition_writers_take_turns(
     assert checksum(engine, DATA_COLUMNS) in digests
     assert fetch(engine, "SELECT count(*) FROM stock_daily") == [(30,)]
     assert _stages_left(engine) == []
+
+
+def test_a_table_with_row_level_security_gets_big_new_years_row_by_row(
+    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """A stage would skip the table's policies, so a big year without a partition gets one
+    created empty and its rows one by one (the owner writes here, so COPY is allowed)."""
+    monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 10)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE stock_daily ENABLE ROW LEVEL SECURITY"))
+    rows = daily_rows(codes=5, days=6)
+    with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse"):
+        result = run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
+    assert result.rows == 30
+    assert "partition stock_daily_2024 whole" not in caplog.text
+    assert "created partitions stock_daily_2024" in caplog.text
+    assert fetch(engine, "SELECT count(*) FROM stock_daily_2024") == [(30,)]
 
 
 def test_ensure_partitions_skips_tables_that_are_not_natively_partitioned(

@@ -24,6 +24,7 @@ from sqlalchemy import Table
 
 from stock_pipeline.settings import Settings
 from stock_pipeline.warehouse.batch import (
+    COPY_REFUSED,
     Batch,
     Chunk,
     Method,
@@ -119,10 +120,7 @@ async def ensure_partitions(db: Database, table: Table | str, years: Iterable[in
                 name = f"{table.name}_{year}"
                 if name in existing:
                     continue  # another writer made it while we waited for the lock
-                await conn.execute(
-                    f"CREATE TABLE {quote(name)} PARTITION OF {quote(table.name)} "
-                    f"FOR VALUES FROM ('{year:04d}-01-01') TO ('{year + 1:04d}-01-01')"
-                )
+                await conn.execute(_create_partition_sql(table, year))
                 created.append(name)
     if created:
         log.info("[partitions] %s: created partitions %s", table.name, ", ".join(created))
@@ -135,6 +133,14 @@ def big_years(table: Table, row_years: np.ndarray) -> list[int]:
         return []
     counts = year_counts(row_years)
     return [year for year, n in counts.items() if n >= WHOLE_PARTITION_MIN_ROWS]
+
+
+def _create_partition_sql(table: Table, year: int) -> str:
+    low, high = _year_bounds(year)
+    return (
+        f"CREATE TABLE {quote(f'{table.name}_{year}')} PARTITION OF {quote(table.name)} "
+        f"FOR VALUES FROM ({low}) TO ({high})"
+    )
 
 
 async def missing_partition_years(db: Database, table: Table, years: list[int]) -> list[int]:
@@ -264,7 +270,18 @@ async def plan_whole_years(
     if await conn.fetchval(
         "SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass($1)", quote(table.name)
     ):
-        return []  # rows loaded into a stage would skip the table's row-level security
+        # Rows loaded into a stage would skip the table's row-level security: the rows go in
+        # one by one, into partitions created here (the caller left missing big years to us).
+        created = [y for y in big_years if f"{table.name}_{y}" not in existing]
+        for year in created:
+            await conn.execute(_create_partition_sql(table, year))
+        if created:
+            log.info(
+                "[partitions] %s: created partitions %s (row-level security: no stage)",
+                table.name,
+                ", ".join(f"{table.name}_{y}" for y in created),
+            )
+        return []
     await _drop_leftover_stages(conn, table)
     plan = []
     for year in big_years:
@@ -380,7 +397,9 @@ async def extra_connections(
     for _ in range(wanted):
         try:
             extra.append(await stack.enter_async_context(pool.acquire(timeout=0.5)))
-        except TimeoutError:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Busy pool, or the server at max_connections: load over fewer streams.
+            log.debug("[partitions] one more connection: %s; %d stream(s)", exc, 1 + len(extra))
             break
     return extra
 
@@ -419,6 +438,8 @@ async def build_stage_in_parallel(
                     await write_chunk(
                         conn, name, batch.column_names, chunk, "copy", schema=STAGE_SCHEMA
                     )
+        except COPY_REFUSED:
+            raise  # not the data: the caller writes in one transaction instead
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             raise progress.error(exc) from exc
 
@@ -490,6 +511,10 @@ async def _lock_for_swap(conn: asyncpg.Connection, parent: str, partition: str) 
                     "IN ACCESS EXCLUSIVE MODE"
                 )
             return True
+        except asyncpg.DeadlockDetectedError:
+            # A writer waits on rows this transaction wrote while we wait on its lock: the
+            # upgrade to ACCESS EXCLUSIVE cannot happen before this transaction ends.
+            return False
         except asyncpg.LockNotAvailableError:
             if time.monotonic() >= deadline:
                 return False
@@ -578,5 +603,8 @@ async def table_session_locks(
         try:
             yield conn
         finally:
-            for key in reversed(keys):
-                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+            # A broken connection cannot unlock, but is closed by the pool, which ends the
+            # session and its locks (a healthy one is also reset with pg_advisory_unlock_all).
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                for key in reversed(keys):
+                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)

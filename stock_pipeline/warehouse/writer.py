@@ -148,7 +148,9 @@ async def replace_window(
 
     A year with at least WHOLE_PARTITION_MIN_ROWS rows whose partition is missing, or holds
     nothing outside the window, gets its partition built whole (partitions.py):
-    from a pool over `streams` connections (default STOCK_PIPELINE_COPY_STREAMS).
+    from a pool over `streams` connections (default STOCK_PIPELINE_COPY_STREAMS). Swapping a
+    partition in is, like TRUNCATE, not MVCC-safe for REPEATABLE READ readers whose snapshot
+    predates it.
     """
     began = time.perf_counter()
     table = resolve(table)
