@@ -46,6 +46,18 @@ def partitions_lock(table: str) -> str:
     return f"stock_pipeline.partitions:{table}"
 
 
+def write_lock(table: str) -> str:
+    """The advisory lock key of a table's writers: upserts share it, replace writers take it
+    alone."""
+    return f"stock_pipeline.write:{table}"
+
+
+async def lock_until_commit(conn: asyncpg.Connection, key: str, *, shared: bool = False) -> None:
+    """Take the advisory lock `key` for the rest of the current transaction."""
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    await conn.execute(f"SELECT {function}(hashtextextended($1, 0))", key)
+
+
 async def raise_maintenance_work_mem(conn: asyncpg.Connection, value: str, *, local: bool) -> None:
     """Set maintenance_work_mem to `value` unless it is already higher (index builds sort in
     it); `local` limits it to the current transaction."""

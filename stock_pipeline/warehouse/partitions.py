@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -38,6 +38,7 @@ from stock_pipeline.warehouse.catalog import (
     Database,
     IndexDefinition,
     connection,
+    lock_until_commit,
     partitions_lock,
     plain_indexes,
     quote,
@@ -45,6 +46,7 @@ from stock_pipeline.warehouse.catalog import (
     recorded_indexes,
     resolve,
     secondary_indexes,
+    write_lock,
 )
 from stock_pipeline.warehouse.tables import STAGE_SCHEMA
 
@@ -91,15 +93,18 @@ async def existing_partitions(conn: asyncpg.Connection, table: Table) -> set[str
     return {r["relname"] for r in rows if r["relname"]}
 
 
-async def ensure_partitions(db: Database, table: Table | str, years: Iterable[int]) -> list[str]:
+async def ensure_partitions(
+    db: Database, table: Table | str, years: Iterable[int], *, leave_missing: Iterable[int] = ()
+) -> list[str]:
     """Create the yearly partitions `{table}_{year}` that are missing; returns the new names.
+    Years in `leave_missing` are not created (they are about to be built whole).
 
     Runs in its own short transaction under an advisory lock, so two writers never race to
     create the same partition. Does nothing for tables that are not natively partitioned.
     """
     table = resolve(table)
     column = table.info.get("partition_column")
-    wanted = sorted(set(years))
+    wanted = sorted(set(years) - set(leave_missing))
     if not column or not wanted:
         return []
     async with connection(db) as conn:
@@ -111,10 +116,7 @@ async def ensure_partitions(db: Database, table: Table | str, years: Iterable[in
             return []
         created = []
         async with conn.transaction():
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                partitions_lock(table.name),
-            )
+            await lock_until_commit(conn, partitions_lock(table.name))
             existing = await existing_partitions(conn, table) or set()
             for year in missing:
                 name = f"{table.name}_{year}"
@@ -141,16 +143,6 @@ def _create_partition_sql(table: Table, year: int) -> str:
         f"CREATE TABLE {quote(f'{table.name}_{year}')} PARTITION OF {quote(table.name)} "
         f"FOR VALUES FROM ({low}) TO ({high})"
     )
-
-
-async def missing_partition_years(db: Database, table: Table, years: list[int]) -> list[int]:
-    if not years:
-        return []
-    async with connection(db) as conn:
-        existing = await existing_partitions(conn, table)
-    if existing is None:
-        return []
-    return [y for y in years if f"{table.name}_{y}" not in existing]
 
 
 def ranges_outside_years(start: date, end: date, years: Iterable[int]) -> list[tuple[date, date]]:
@@ -337,11 +329,10 @@ async def _stage_indexes(conn: asyncpg.Connection, table: Table, whole: WholeYea
 
 
 async def _create_stage(conn: asyncpg.Connection, table: Table, year: int) -> str:
-    """An empty stage for `year` (a leftover of an interrupted load is dropped first)."""
+    """An empty stage for `year` (plan_whole_years dropped any leftover first)."""
     stage = _stage(table, year)
     column = quote(table.info["partition_column"])
     low, high = _year_bounds(year)
-    await conn.execute(f"DROP TABLE IF EXISTS {stage}")
     await conn.execute(
         f"CREATE TABLE {stage} (LIKE {quote(table.name)} INCLUDING DEFAULTS "
         "INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)"
@@ -443,13 +434,7 @@ async def build_stage_in_parallel(
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             raise progress.error(exc) from exc
 
-    try:
-        async with asyncio.TaskGroup() as group:
-            producer = group.create_task(produce())
-            for conn in connections:
-                group.create_task(stream(conn))
-    except BaseExceptionGroup as failed:
-        raise _first_error(failed) from None
+    chunks, *_ = await _all_or_error([produce(), *(stream(conn) for conn in connections)])
     loaded = time.perf_counter()
     indexes = await _stage_indexes(first, table, whole)
 
@@ -462,13 +447,9 @@ async def build_stage_in_parallel(
             await conn.execute("RESET maintenance_work_mem")
 
     shares = [indexes.builds[i :: len(connections)] for i in range(len(connections))]
-    try:
-        async with asyncio.TaskGroup() as group:
-            for conn, statements in zip(connections, shares, strict=True):
-                if statements:
-                    group.create_task(build(conn, statements))
-    except BaseExceptionGroup as failed:
-        raise _first_error(failed) from None
+    await _all_or_error(
+        [build(conn, share) for conn, share in zip(connections, shares, strict=True) if share]
+    )
     for statement in indexes.constraints:
         await first.execute(statement)
     log.debug(
@@ -481,7 +462,18 @@ async def build_stage_in_parallel(
         len(indexes.builds),
         time.perf_counter() - loaded,
     )
-    return producer.result()
+    return chunks
+
+
+async def _all_or_error(work: Sequence[Coroutine[Any, Any, Any]]) -> list[Any]:
+    """Run `work` concurrently; the first failure cancels the rest and is raised as it is
+    (not wrapped in an exception group). Returns the results in order."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(w) for w in work]
+    except BaseExceptionGroup as failed:
+        raise _first_error(failed) from None
+    return [t.result() for t in tasks]
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:
@@ -596,7 +588,7 @@ async def table_session_locks(
 ) -> AsyncIterator[asyncpg.Connection]:
     """A connection holding the table's write and partition locks for the whole session
     (stages are built over several transactions); released on every path."""
-    keys = [f"stock_pipeline.write:{table.name}", partitions_lock(table.name)]
+    keys = [write_lock(table.name), partitions_lock(table.name)]
     async with pool.acquire() as conn:
         for key in keys:
             await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)

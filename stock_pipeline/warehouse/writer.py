@@ -52,7 +52,15 @@ from stock_pipeline.warehouse.batch import (
     write_chunk,
     year_counts,
 )
-from stock_pipeline.warehouse.catalog import Database, connection, partitions_lock, quote, resolve
+from stock_pipeline.warehouse.catalog import (
+    Database,
+    connection,
+    lock_until_commit,
+    partitions_lock,
+    quote,
+    resolve,
+    write_lock,
+)
 from stock_pipeline.warehouse.partitions import ensure_partitions
 
 __all__ = [
@@ -93,6 +101,57 @@ class WriteResult:
         return self.rows / self.seconds if self.seconds > 0 else float("inf")
 
 
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc.args[0] if exc.args else ''}"
+
+
+async def _prepare(
+    db: Database, table: Table | str, rows: pd.DataFrame | Mapping[str, Any]
+) -> Batch:
+    """The checked batch, its yearly partitions created (append and upsert)."""
+    table = resolve(table)
+    partition_column = table.info.get("partition_column")
+    batch = Batch(table, rows, extra_keys=[partition_column] if partition_column else [])
+    if partition_column:
+        await ensure_partitions(db, table, batch.years(partition_column))
+    return batch
+
+
+def _finish(
+    batch: Batch,
+    operation: str,
+    outcome: tuple[int, int, int, int],
+    began: float,
+    used: Method,
+    detail: str,
+) -> WriteResult:
+    """The WriteResult of a call, logged in one line; `outcome` is (changed, unchanged,
+    deleted, chunks) and `detail` what the log line says about them."""
+    changed, unchanged, deleted, chunks = outcome
+    result = WriteResult(
+        batch.name,
+        operation,
+        len(batch),
+        changed,
+        unchanged,
+        deleted,
+        batch.duplicates,
+        chunks,
+        time.perf_counter() - began,
+        used,
+    )
+    log.info(
+        "[writer] %s %s: %s, %d chunks, %.2fs%s",
+        batch.name,
+        operation,
+        detail,
+        chunks,
+        result.seconds,
+        "" if used == "copy" else " (INSERT fallback)",
+    )
+    return result
+
+
 async def _run(
     db: Database,
     batch: Batch,
@@ -111,11 +170,10 @@ async def _run(
             if method != "copy":
                 raise progress.error(exc) from exc
             log.warning(
-                "[writer] %s %s: COPY refused (%s: %s); retrying with batched INSERT",
+                "[writer] %s %s: COPY refused (%s); retrying with batched INSERT",
                 batch.name,
                 operation,
-                type(exc).__name__,
-                exc.args[0] if exc.args else "",
+                _describe(exc),
             )
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             raise progress.error(exc) from exc
@@ -166,8 +224,7 @@ async def replace_window(
     _check_window(batch, date_column, start, end, codes)
     row_years = batch.row_years(date_column)
     big_years = partitions.big_years(table, row_years)
-    missing = await partitions.missing_partition_years(db, table, big_years)
-    await ensure_partitions(db, table, [y for y in year_counts(row_years) if y not in missing])
+    await ensure_partitions(db, table, year_counts(row_years), leave_missing=big_years)
     if big_years:
         await partitions.ensure_stage_schema(db, table)
     size = resolve_chunk_rows(chunk_rows)
@@ -185,18 +242,13 @@ async def replace_window(
         async def body(
             conn: asyncpg.Connection, how: Method, progress: Progress
         ) -> tuple[int, int]:
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                f"stock_pipeline.write:{table.name}",
-            )
-            whole = staged.plan if staged else None
-            if whole is None:
+            await lock_until_commit(conn, write_lock(table.name))
+            if staged:
+                whole = staged.plan
+            else:
                 if big_years:
                     # Held to the commit: nobody creates these partitions meanwhile.
-                    await conn.execute(
-                        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                        partitions_lock(table.name),
-                    )
+                    await lock_until_commit(conn, partitions_lock(table.name))
                 whole = await partitions.plan_whole_years(
                     conn, table, big_years, where, window_arguments
                 )
@@ -259,30 +311,14 @@ async def replace_window(
     if outcome is None:
         outcome = await _run(db, batch, "replace_window", method, body_for(None))
     (deleted, chunks), used = outcome
-    result = WriteResult(
-        table.name,
+    return _finish(
+        batch,
         "replace_window",
-        len(batch),
-        len(batch),
-        0,
-        deleted,
-        batch.duplicates,
-        chunks,
-        time.perf_counter() - began,
+        (len(batch), 0, deleted, chunks),
+        began,
         used,
+        f"{start}..{end}: {len(batch)} rows, {deleted} deleted",
     )
-    log.info(
-        "[writer] %s replace_window %s..%s: %d rows, %d deleted, %d chunks, %.2fs%s",
-        table.name,
-        start,
-        end,
-        result.rows,
-        deleted,
-        chunks,
-        result.seconds,
-        "" if used == "copy" else " (INSERT fallback)",
-    )
-    return result
 
 
 async def _replace_with_stages(
@@ -319,11 +355,10 @@ async def _replace_with_stages(
                     )
                 except COPY_REFUSED as refused:
                     log.warning(
-                        "[writer] %s: COPY refused while staging (%s: %s); writing in one "
+                        "[writer] %s: COPY refused while staging (%s); writing in one "
                         "transaction instead",
                         table.name,
-                        type(refused).__name__,
-                        refused.args[0] if refused.args else "",
+                        _describe(refused),
                     )
                     return None
                 staged.seconds[whole.year] = time.perf_counter() - began
@@ -351,38 +386,14 @@ async def append(
     fail with a WriteError naming it.
     """
     began = time.perf_counter()
-    table = resolve(table)
-    partition_column = table.info.get("partition_column")
-    batch = Batch(table, rows, extra_keys=[partition_column] if partition_column else [])
-    if partition_column:
-        await ensure_partitions(db, table, batch.years(partition_column))
+    batch = await _prepare(db, table, rows)
     size = resolve_chunk_rows(chunk_rows)
 
     async def body(conn: asyncpg.Connection, how: Method, progress: Progress) -> tuple[int, int]:
-        return len(batch), await copy_batch(conn, batch, table.name, size, how, progress)
+        return len(batch), await copy_batch(conn, batch, batch.name, size, how, progress)
 
     (written, chunks), used = await _run(db, batch, "append", method, body)
-    result = WriteResult(
-        table.name,
-        "append",
-        len(batch),
-        written,
-        0,
-        0,
-        batch.duplicates,
-        chunks,
-        time.perf_counter() - began,
-        used,
-    )
-    log.info(
-        "[writer] %s append: %d rows, %d chunks, %.2fs%s",
-        table.name,
-        result.rows,
-        chunks,
-        result.seconds,
-        "" if used == "copy" else " (INSERT fallback)",
-    )
-    return result
+    return _finish(batch, "append", (written, 0, 0, chunks), began, used, f"{len(batch)} rows")
 
 
 def _check_window(
@@ -478,11 +489,8 @@ async def upsert(
     lacks keep their stored values on update.
     """
     began = time.perf_counter()
-    table = resolve(table)
-    partition_column = table.info.get("partition_column")
-    batch = Batch(table, rows, extra_keys=[partition_column] if partition_column else [])
-    if partition_column:
-        await ensure_partitions(db, table, batch.years(partition_column))
+    batch = await _prepare(db, table, rows)
+    table = batch.table
     size = resolve_chunk_rows(chunk_rows)
     staging = quote(f"_upsert_{table.name}")
     sql = _upsert_sql(table.name, staging, batch)
@@ -491,10 +499,7 @@ async def upsert(
 
     async def body(conn: asyncpg.Connection, how: Method, progress: Progress) -> tuple[int, int]:
         # Shared: upserts of one table run together; replace_window waits for them.
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))",
-            f"stock_pipeline.write:{table.name}",
-        )
+        await lock_until_commit(conn, write_lock(table.name), shared=True)
         # Room to hash a chunk's stored rows in memory for the unchanged-row probe.
         await conn.execute("SET LOCAL work_mem = '64MB'")
         staged = False
@@ -530,25 +535,11 @@ async def upsert(
         return changed, count
 
     (changed, chunks), used = await _run(db, batch, "upsert", method, body)
-    result = WriteResult(
-        table.name,
+    return _finish(
+        batch,
         "upsert",
-        len(batch),
-        changed,
-        len(batch) - changed,
-        0,
-        batch.duplicates,
-        chunks,
-        time.perf_counter() - began,
+        (changed, len(batch) - changed, 0, chunks),
+        began,
         used,
+        f"{len(batch)} rows, {changed} changed",
     )
-    log.info(
-        "[writer] %s upsert: %d rows, %d changed, %d chunks, %.2fs%s",
-        table.name,
-        result.rows,
-        changed,
-        chunks,
-        result.seconds,
-        "" if used == "copy" else " (INSERT fallback)",
-    )
-    return result
