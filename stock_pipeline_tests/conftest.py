@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -28,21 +29,30 @@ def test_home() -> Iterator[Path]:
         yield Path(tmp)
 
 
-@pytest.fixture(scope="session")
-def pg_server_url(test_home: Path) -> Iterator[str]:
-    """URL of a PostgreSQL server's maintenance database (`postgres`)."""
-    external = os.environ.get("STOCK_PIPELINE_TEST_DATABASE_URL")
+def _external_or_embedded(variable: str, embedded: Callable[[], Any]) -> Iterator[str]:
+    """The server URL in `variable` if set, else that of the embedded server `embedded()`
+    makes, started here and stopped at the end."""
+    external = os.environ.get(variable)
     if external:
         yield external
         return
-    from stock_pipeline.embedded.postgres import EmbeddedPostgres
-
-    server = EmbeddedPostgres(test_home / "postgres")
+    server = embedded()
     server.start()
     try:
         yield server.url()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(test_home: Path) -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database (`postgres`)."""
+    from stock_pipeline.embedded.postgres import EmbeddedPostgres
+
+    yield from _external_or_embedded(
+        "STOCK_PIPELINE_TEST_DATABASE_URL",
+        lambda: EmbeddedPostgres(test_home / "postgres"),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -96,15 +106,8 @@ def engine(pg_dsn: str) -> Iterator[Engine]:
 
 @pytest.fixture(scope="session")
 def redis_url(test_home: Path) -> Iterator[str]:
-    external = os.environ.get("STOCK_PIPELINE_TEST_REDIS_URL")
-    if external:
-        yield external
-        return
     from stock_pipeline.embedded.redis import EmbeddedRedis
 
-    server = EmbeddedRedis(test_home / "redis")
-    server.start()
-    try:
-        yield server.url()
-    finally:
-        server.stop()
+    yield from _external_or_embedded(
+        "STOCK_PIPELINE_TEST_REDIS_URL", lambda: EmbeddedRedis(test_home / "redis")
+    )

@@ -25,6 +25,18 @@ def assert_gone(pids: list[int], within_s: float = 5.0) -> None:
     assert not alive, f"worker processes still running: {alive}"
 
 
+def recreate_tables(engine: Any, tables: list[Any]) -> None:
+    """Drop `tables` (and their partitions) and create them again, empty, from tables.py."""
+    from sqlalchemy import text
+
+    from stock_pipeline.warehouse.tables import metadata
+
+    with engine.begin() as conn:
+        for table in tables:
+            conn.execute(text(f'DROP TABLE IF EXISTS "{table.name}" CASCADE'))
+    metadata.create_all(engine, tables=tables)
+
+
 def run_with_pool(dsn: str, work: Callable[[asyncpg.Pool], Awaitable[Any]]) -> Any:
     """Run `work(pool)` with a fresh asyncpg pool on `dsn`, closed afterwards."""
 

@@ -30,10 +30,10 @@ from stock_pipeline.warehouse.tables import (
     INDICATOR_COLUMNS,
     fetch_log,
     index_definitions,
-    metadata,
     technical_daily,
 )
 from stock_pipeline.warehouse.writer import replace_window
+from stock_pipeline_tests.helpers import recreate_tables
 from stock_pipeline_tests.helpers import run_with_pool as run
 
 TABLES = [technical_daily, fetch_log, index_definitions]
@@ -42,10 +42,7 @@ TABLES = [technical_daily, fetch_log, index_definitions]
 @pytest.fixture(autouse=True)
 def fresh_tables(engine: Engine) -> Iterator[None]:
     """technical_daily with partitions 2023 and 2024 holding rows, fetch_log with rows."""
-    with engine.begin() as conn:
-        for table in TABLES:
-            conn.execute(text(f'DROP TABLE IF EXISTS "{table.name}" CASCADE'))
-    metadata.create_all(engine, tables=TABLES)
+    recreate_tables(engine, TABLES)
     with engine.begin() as conn:
         for year in (2023, 2024):
             conn.execute(

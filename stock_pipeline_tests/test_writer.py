@@ -23,6 +23,7 @@ from stock_pipeline.warehouse.copy_format import encode_binary, kind_of, prepare
 from stock_pipeline.warehouse.tables import index_constituents, stock_daily, stocks
 from stock_pipeline.warehouse.urls import asyncpg_dsn
 from stock_pipeline.warehouse.writer import WriteError, replace_window, upsert
+from stock_pipeline_tests.helpers import recreate_tables
 from stock_pipeline_tests.helpers import run_with_pool as run
 
 TABLES = [stock_daily, stocks, index_constituents]
@@ -32,12 +33,7 @@ DATA_COLUMNS = [c.name for c in stock_daily.c if c.name != "updated_at"]
 @pytest.fixture(autouse=True)
 def fresh_tables(engine: Engine) -> Iterator[None]:
     """Every test starts from empty tables (and no partitions)."""
-    with engine.begin() as conn:
-        for table in TABLES:
-            conn.execute(text(f'DROP TABLE IF EXISTS "{table.name}" CASCADE'))
-    from stock_pipeline.warehouse.tables import metadata
-
-    metadata.create_all(engine, tables=TABLES)
+    recreate_tables(engine, TABLES)
     yield
 
 
