@@ -6,6 +6,7 @@ them. A bad value raises SettingsError naming the variable and what it accepts.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from collections.abc import Mapping
@@ -47,6 +48,8 @@ class Settings:
     # None means BaoStock's real service (the client's built-in address).
     baostock_endpoint: BaostockEndpoint | None = None
     home: Path = field(default_factory=lambda: Path.cwd() / ".stock_pipeline")
+    # First trading day of the warehouse's history (the first daily partition).
+    start_date: dt.date = dt.date(2015, 1, 5)
 
     # SQLAlchemy pool (seed 000 D5: 10 + 20 overflow for the concurrent after-close chain).
     db_pool_size: int = 10
@@ -69,6 +72,16 @@ class Settings:
     baostock_backoff_base_s: float = 0.5
     baostock_backoff_max_s: float = 30.0
     baostock_blacklist_backoff_s: float = 60.0
+    # BaoStock's anonymous account unless set; the password never reaches logs or reprs.
+    baostock_user: str = "anonymous"
+    baostock_password: str = field(default="123456", repr=False)
+
+    # Share of a day's listed-and-trading stocks allowed to lack a bar before the coverage
+    # check fails (0: every one must have its bar).
+    coverage_tolerance: float = 0.0
+    # Ranges of at least this many trading days load with index management (drop secondary
+    # indexes, load, rebuild) when they would at least double the table.
+    bulk_load_min_days: int = 120
 
     log_level: str = "INFO"
 
@@ -82,6 +95,7 @@ class Settings:
             redis_url=reader.url("REDIS_URL", ("redis", "rediss", "unix")),
             baostock_endpoint=reader.endpoint("BAOSTOCK_ENDPOINT"),
             home=reader.path("HOME", defaults.home),
+            start_date=reader.day("START_DATE", defaults.start_date, minimum=dt.date(1990, 12, 19)),
             db_pool_size=reader.integer("DB_POOL_SIZE", defaults.db_pool_size, minimum=1),
             db_max_overflow=reader.integer("DB_MAX_OVERFLOW", defaults.db_max_overflow, minimum=0),
             db_pool_recycle_s=reader.integer(
@@ -113,6 +127,12 @@ class Settings:
             ),
             baostock_blacklist_backoff_s=reader.number(
                 "BAOSTOCK_BLACKLIST_BACKOFF_S", defaults.baostock_blacklist_backoff_s
+            ),
+            baostock_user=reader.text("BAOSTOCK_USER", defaults.baostock_user),
+            baostock_password=reader.text("BAOSTOCK_PASSWORD", defaults.baostock_password),
+            coverage_tolerance=reader.fraction("COVERAGE_TOLERANCE", defaults.coverage_tolerance),
+            bulk_load_min_days=reader.integer(
+                "BULK_LOAD_MIN_DAYS", defaults.bulk_load_min_days, minimum=1
             ),
             log_level=reader.choice(
                 "LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -156,6 +176,34 @@ class _EnvReader:
         if not value > 0:
             raise self._fail(name, "a positive number", raw)
         return value
+
+    def fraction(self, name: str, default: float) -> float:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise self._fail(name, "a number from 0 to 1", raw) from None
+        if not 0.0 <= value <= 1.0:
+            raise self._fail(name, "a number from 0 to 1", raw)
+        return value
+
+    def day(self, name: str, default: dt.date, minimum: dt.date) -> dt.date:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            value = dt.date.fromisoformat(raw)
+        except ValueError:
+            raise self._fail(name, "a date YYYY-MM-DD", raw) from None
+        if value < minimum:
+            raise self._fail(name, f"a date on or after {minimum}", raw)
+        return value
+
+    def text(self, name: str, default: str) -> str:
+        raw = self._raw(name)
+        return default if raw is None else raw
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         raw = self._raw(name)
