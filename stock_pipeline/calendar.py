@@ -116,7 +116,7 @@ def _package_version(folder: Path) -> str:
 
 @dataclass(frozen=True)
 class StoredCalendar:
-    """BaoStock's calendar as the calendar asset stored it: sessions within [first_day, last_day]."""
+    """BaoStock's calendar as the calendar asset stored it: sessions in [first_day, last_day]."""
 
     sessions: np.ndarray
     first_day: dt.date
@@ -291,7 +291,8 @@ class Disagreement:
         def word(flag: bool) -> str:
             return "open" if flag else "closed"
 
-        return f"{self.day}: exchange_calendars {word(self.bundled)}, BaoStock {word(self.baostock)}"
+        bundled, baostock = word(self.bundled), word(self.baostock)
+        return f"{self.day}: exchange_calendars {bundled}, BaoStock {baostock}"
 
 
 def disagreements(
