@@ -11,6 +11,7 @@ from datetime import date, timedelta
 
 import baostock
 import baostock.common.contants as bs_constants
+import numpy as np
 import pytest
 
 from stock_pipeline.baostock import apis
@@ -24,6 +25,7 @@ from stock_pipeline.baostock.simulator import (
     SimulatorServer,
 )
 from stock_pipeline.baostock.simulator import protocol as proto
+from stock_pipeline.calendar import bundled_calendar
 from stock_pipeline_tests.helpers import exchange
 
 DAILY = ",".join(f.name for f in apis.K_DAILY_FIELDS)
@@ -94,15 +96,31 @@ def test_not_logged_in_is_refused(sim: SimulatorServer) -> None:
 # ----- calendar and metadata ---------------------------------------------------------------------
 
 
-def test_trade_dates_have_no_weekends_and_a_spring_festival_gap(bs) -> None:
-    rows = drain(bs.query_trade_dates("2024-01-01", "2024-12-31"))
-    assert len(rows) == 366
+def test_trade_dates_are_the_real_sse_sessions(bs) -> None:
+    rows = drain(bs.query_trade_dates("2015-01-01", "2026-12-31"))
+    assert len(rows) == (date(2026, 12, 31) - date(2015, 1, 1)).days + 1  # three pages
+    open_days = np.array([d for d, flag in rows if flag == "1"], dtype="datetime64[D]")
+    sessions = bundled_calendar().sessions
+    expected = sessions[(sessions >= np.datetime64("2015-01-01")) & (sessions <= open_days[-1])]
+    assert open_days[-1] == np.datetime64("2026-12-31")
+    np.testing.assert_array_equal(open_days, expected)
+    # Lunar holidays an estimate gets wrong: Dragon Boat 2023 closed, 2024-06-11 open.
+    flags = dict(rows)
+    assert flags["2023-06-22"] == flags["2023-06-23"] == "0" and flags["2024-06-11"] == "1"
+
+
+def test_trade_dates_after_the_bundled_calendar_are_generated(bs) -> None:
+    rows = drain(bs.query_trade_dates("2027-01-01", "2027-12-31"))
+    assert len(rows) == 365
     open_days = [date.fromisoformat(d) for d, flag in rows if flag == "1"]
     assert all(d.weekday() < 5 for d in open_days)
     assert 235 <= len(open_days) <= 250
+    assert date(2027, 1, 1) not in open_days
+    spring = date(2027, 2, 6)  # Lunar New Year
+    assert not any(spring - timedelta(days=1) <= d <= spring + timedelta(days=5) for d in open_days)
+    assert not any(date(2027, 10, 1) <= d <= date(2027, 10, 7) for d in open_days)
     gaps = [(b - a).days for a, b in zip(open_days, open_days[1:], strict=False)]
-    assert max(gaps) >= 8  # Spring Festival week (plus weekends)
-    assert not any(date(2024, 10, 1) <= d <= date(2024, 10, 7) for d in open_days)
+    assert max(gaps) >= 8
 
 
 def test_all_stock_and_stock_basic(bs, sim: SimulatorServer) -> None:

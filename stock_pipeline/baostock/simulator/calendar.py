@@ -1,9 +1,15 @@
-"""A deterministic Chinese exchange calendar (pure, no I/O).
+"""The simulator's exchange calendar: the real SSE sessions where they are known, rules after.
 
-Weekends are closed, and so are the statutory holidays: New Year, Spring Festival (7 days from
-New Year's Eve), Qingming, Labour Day, Dragon Boat, Mid-Autumn and National Day (Oct 1-7).
-Lunar holidays are approximated from the Spring Festival date; that is close enough for a
-simulator whose job is to have realistic gaps, not to match the real calendar day for day.
+From 1990-12-19 to the end of the bundled XSHG calendar (`stock_pipeline.calendar`, today
+2026-12-31) the simulator opens exactly on the Shanghai exchange's sessions, so its
+query_trade_dates agrees with BaoStock's. Outside that span (2027 on, and before the exchange
+opened) the calendar is generated: weekends are closed, and so are the statutory holidays: New
+Year, Spring Festival (7 days from New Year's Eve), Qingming, Labour Day, Dragon Boat,
+Mid-Autumn and National Day (Oct 1-7), the lunar ones approximated from the Spring Festival
+date. Realistic gaps, not a forecast of the State Council's schedule.
+
+Every open/closed flag from 1900 to 2199 is computed once, on first use, into a byte table:
+`is_trading_day` is one index, ranges are one slice.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from datetime import date, timedelta
 from functools import lru_cache
 
 import numpy as np
+
+from stock_pipeline.calendar import SSE_FIRST_SESSION, bundled_calendar
 
 # Lunar New Year (Spring Festival) dates; outside this table the date is approximated.
 _SPRING_FESTIVAL = {
@@ -27,6 +35,10 @@ _SPRING_FESTIVAL = {
 
 # Lunar month length: Dragon Boat is the 5th day of the 5th month, Mid-Autumn the 15th of the 8th.
 _LUNAR_MONTH = 29.53
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()  # datetime64[D] counts days from here
+_TABLE_FIRST = date(1900, 1, 1).toordinal()
+_TABLE_END = date(2200, 1, 1).toordinal()  # exclusive
 
 
 def spring_festival(year: int) -> date:
@@ -54,9 +66,10 @@ def _span(first: date, days: int) -> set[date]:
     return {first + timedelta(days=i) for i in range(days)}
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=512)
 def holidays(year: int) -> frozenset[date]:
-    """Exchange holidays of `year` (weekdays and weekends alike)."""
+    """The generated holidays of `year` (weekdays and weekends alike), used outside the span
+    the bundled XSHG calendar covers."""
     out: set[date] = set()
     out |= _single_day_block(date(year, 1, 1))
     sf = spring_festival(year)
@@ -73,23 +86,65 @@ def holidays(year: int) -> frozenset[date]:
     return frozenset(out)
 
 
+def _generated_flags(lo: int, hi: int) -> np.ndarray:
+    """Open flags of ordinals [lo, hi) by the rules alone."""
+    if hi <= lo:
+        return np.zeros(0, dtype=bool)
+    first, last = date.fromordinal(lo), date.fromordinal(hi - 1)
+    closed = [d for year in range(first.year, last.year + 1) for d in holidays(year)]
+    days = np.arange(lo - _EPOCH_ORDINAL, hi - _EPOCH_ORDINAL).astype("datetime64[D]")
+    return np.is_busday(days, holidays=np.array(closed, dtype="datetime64[D]"))
+
+
+@lru_cache(maxsize=1)
+def _table() -> tuple[np.ndarray, bytes]:
+    """Open flags of every day of [1900, 2200): real sessions where bundled, rules elsewhere."""
+    flags = _generated_flags(_TABLE_FIRST, _TABLE_END)
+    bundled = bundled_calendar()
+    real_lo = SSE_FIRST_SESSION.toordinal() - _TABLE_FIRST
+    real_hi = bundled.last_day.toordinal() + 1 - _TABLE_FIRST
+    flags[real_lo:real_hi] = False
+    flags[bundled.sessions.astype(np.int64) + (_EPOCH_ORDINAL - _TABLE_FIRST)] = True
+    flags.flags.writeable = False
+    return flags, flags.tobytes()
+
+
+def open_flags(start: date, end: date) -> np.ndarray:
+    """One bool per calendar day of [start, end]: True where the exchange is open."""
+    lo, hi = start.toordinal(), end.toordinal() + 1
+    if hi <= lo:
+        return np.zeros(0, dtype=bool)
+    flags, _ = _table()
+    if lo >= _TABLE_FIRST and hi <= _TABLE_END:
+        return flags[lo - _TABLE_FIRST : hi - _TABLE_FIRST]
+    inner_lo, inner_hi = max(lo, _TABLE_FIRST), min(hi, _TABLE_END)
+    return np.concatenate(
+        [
+            _generated_flags(lo, min(hi, _TABLE_FIRST)),
+            flags[inner_lo - _TABLE_FIRST : max(inner_lo, inner_hi) - _TABLE_FIRST],
+            _generated_flags(max(lo, _TABLE_END), hi),
+        ]
+    )
+
+
 def is_trading_day(day: date) -> bool:
-    """True when the exchanges are open on `day`."""
-    return day.weekday() < 5 and day not in holidays(day.year)
+    """True when the exchange is open on `day`."""
+    i = day.toordinal() - _TABLE_FIRST
+    if 0 <= i < _TABLE_END - _TABLE_FIRST:
+        return _table()[1][i] == 1
+    return bool(open_flags(day, day)[0])
 
 
-def trading_days_between(start: date, end: date) -> list[date]:
-    """Trading days in [start, end], in order."""
-    out = []
-    day = start
-    one = timedelta(days=1)
-    while day <= end:
-        if is_trading_day(day):
-            out.append(day)
-        day += one
-    return out
+def trading_day_ordinals(start: date, end: date) -> np.ndarray:
+    """Trading days in [start, end] as sorted int64 proleptic ordinals (date.toordinal())."""
+    return np.flatnonzero(open_flags(start, end)).astype(np.int64) + start.toordinal()
 
 
 def trading_day_array(start: date, end: date) -> np.ndarray:
     """Trading days in [start, end] as a sorted numpy datetime64[D] array."""
-    return np.array(trading_days_between(start, end), dtype="datetime64[D]")
+    return (trading_day_ordinals(start, end) - _EPOCH_ORDINAL).astype("datetime64[D]")
+
+
+def trading_days_between(start: date, end: date) -> list[date]:
+    """Trading days in [start, end], in order."""
+    return trading_day_array(start, end).tolist()

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .calendar import is_trading_day
+from .calendar import trading_day_ordinals
 
 # Seasonality of quarterly revenue (Q4 is usually the biggest quarter in China).
 _SEASON = np.array([0.92, 1.02, 0.98, 1.08])
@@ -53,8 +53,7 @@ def _publication_windows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         lo.append(first.toordinal())
         hi.append(last.toordinal())
     first_day = date(REPORT_ID_BASE // 4, 1, 1)
-    days = [first_day + timedelta(days=i) for i in range(365 * 62)]
-    trading = np.array([d.toordinal() for d in days if is_trading_day(d)], dtype=np.int64)
+    trading = trading_day_ordinals(first_day, first_day + timedelta(days=365 * 62 - 1))
     return np.array(lo), np.array(hi), trading
 
 

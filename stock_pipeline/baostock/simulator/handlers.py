@@ -78,11 +78,10 @@ def param(params: tuple[str, ...], i: int) -> str:
 def trade_dates(market: Market, params: tuple[str, ...]) -> Result:
     start, end = param(params, 0), param(params, 1)
     lo, hi = parse_range(start, end, date(2015, 1, 1), market.end)
-    rows = []
-    day = lo
-    while day <= hi:
-        rows.append([day.isoformat(), "1" if market.is_trading_day(day) else "0"])
-        day += timedelta(days=1)
+    flags = market.open_flags(lo, hi).tolist()
+    rows = [
+        [(lo + timedelta(days=i)).isoformat(), "1" if flag else "0"] for i, flag in enumerate(flags)
+    ]
     return Result(rows, [start, end, fields_csv("query_trade_dates")])
 
 

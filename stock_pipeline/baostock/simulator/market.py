@@ -2,7 +2,8 @@
 
 Everything is a deterministic function of (seed, n_codes, start, end):
 
-- the exchange calendar (`calendar.py`): weekends and multi-day holidays are closed;
+- the exchange calendar (`calendar.py`): the real SSE sessions up to the end of the bundled
+  XSHG calendar, generated weekends and holidays after it;
 - the universe: `n_codes` stocks over sh.60xxxx, sh.688xxx, sz.00xxxx and sz.30xxxx, with IPOs
   and delistings spread over time, plus the index codes of `apis.INDEX_CODES`;
 - per stock, generated lazily and kept in an LRU cache keyed by code: a daily close path in
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..apis import INDEX_CODES, K_DAILY_FIELDS, K_PERIOD_FIELDS
-from .calendar import is_trading_day, trading_day_array
+from .calendar import is_trading_day, open_flags, trading_day_array
 from .fundamentals import (
     REPORT_ID_BASE as _REPORT_ID_BASE,
 )
@@ -332,6 +333,10 @@ class Market:
 
     def is_trading_day(self, day: date) -> bool:
         return is_trading_day(day)
+
+    def open_flags(self, start: date, end: date) -> np.ndarray:
+        """One bool per calendar day of [start, end]: True on trading days."""
+        return open_flags(start, end)
 
     def trading_days(self, start: date, end: date) -> list[date]:
         """Exchange trading days in [start, end] (any range, not only the history window)."""
