@@ -50,7 +50,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import os
 import sys
 import time
 import uuid
@@ -153,9 +152,9 @@ def seed_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 # -- the methods ---------------------------------------------------------------------------------
 
 
-async def bare_copy(pool: asyncpg.Pool, table: Table, frame: pd.DataFrame) -> None:
+async def bare_copy(pool: asyncpg.Pool, table: Table, frame: pd.DataFrame, chunk_rows: int) -> None:
     """(a) COPY into a table through the writer's encoder, nothing else (writer.append)."""
-    await writer.append(pool, table, frame)
+    await writer.append(pool, table, frame, chunk_rows=chunk_rows)
 
 
 async def bare_copy_records(pool: asyncpg.Pool, table: Table, frame: pd.DataFrame) -> None:
@@ -208,13 +207,13 @@ async def sqlalchemy_executemany(url: str, table: Table, frame: pd.DataFrame) ->
 
 
 async def bare_copy_parallel(
-    pool: asyncpg.Pool, table: Table, frame: pd.DataFrame, streams: int
+    pool: asyncpg.Pool, table: Table, frame: pd.DataFrame, streams: int, chunk_rows: int
 ) -> None:
     """(a_parallel) bare COPY split over `streams` connections, one slice of rows each."""
     bounds = np.linspace(0, len(frame), streams + 1).astype(int)
     await asyncio.gather(
         *(
-            writer.append(pool, table, frame.iloc[low:high])
+            writer.append(pool, table, frame.iloc[low:high], chunk_rows=chunk_rows)
             for low, high in zip(bounds[:-1], bounds[1:], strict=True)
         )
     )
@@ -255,14 +254,21 @@ async def index_builds(pool: asyncpg.Pool, bare: Table) -> dict[str, float]:
 
 
 async def load_then_index_floor(
-    pool: asyncpg.Pool, bare: Table, frame: pd.DataFrame, streams: int, repeat: int
+    pool: asyncpg.Pool,
+    bare: Table,
+    frame: pd.DataFrame,
+    streams: int,
+    chunk_rows: int,
+    repeat: int,
 ) -> tuple[float, dict[str, float]]:
     """The fastest a writer that builds both indexes after the rows can be: the rows over
     `streams` COPY connections into `bare`, then both index builds at once."""
     seconds = []
     for _ in range(repeat):
         await fresh(pool, bare.name)
-        seconds.append(await timed(lambda: bare_copy_parallel(pool, bare, frame, streams)))
+        seconds.append(
+            await timed(lambda: bare_copy_parallel(pool, bare, frame, streams, chunk_rows))
+        )
     return min(seconds), await index_builds(pool, bare)
 
 
@@ -351,8 +357,14 @@ def create_tables(url: str) -> tuple[Table, Table]:
         engine.dispose()
 
 
-async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dict[str, Any]:
+async def run_benchmark(
+    url: str, rows: int, seed_rows: int, repeat: int, settings: Settings
+) -> dict[str, Any]:
     bare, bare_technical = create_tables(url)
+    # Passed to the writer as the Dagster resource does (the writer reads no environment).
+    chunk_rows = settings.copy_chunk_rows
+    copy_options = {"chunk_rows": chunk_rows}
+    whole_options = {**copy_options, "streams": settings.copy_streams}
     daily = daily_frame(rows)
     technical = technical_frame(rows)
     async with asyncpg.create_pool(url, min_size=2, max_size=4) as pool:
@@ -373,7 +385,7 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
                 seconds.append(await timed(work))
             return min(seconds)
 
-        a = await best("bare_daily", lambda: bare_copy(pool, bare, daily))
+        a = await best("bare_daily", lambda: bare_copy(pool, bare, daily, chunk_rows))
         report("a_bare_copy_unindexed", rows, a, target="bare_daily (no key, no index)")
         a_records = await best("bare_daily", lambda: bare_copy_records(pool, bare, daily))
         report("a_records_copy_unindexed", rows, a_records, client="copy_records_to_table")
@@ -395,8 +407,10 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
         c = await timed(lambda: sqlalchemy_executemany(url, stock_daily, daily))
         report("c_sqlalchemy_executemany_upsert", rows, c)
 
-        streams = min(Settings.from_env().copy_streams, pool.get_max_size())
-        a_parallel, builds = await load_then_index_floor(pool, bare, daily, streams, repeat)
+        streams = min(settings.copy_streams, pool.get_max_size())
+        a_parallel, builds = await load_then_index_floor(
+            pool, bare, daily, streams, chunk_rows, repeat
+        )
         report("a_parallel_bare_copy_unindexed", rows, a_parallel, streams=streams)
         report(
             "d_index_builds",
@@ -410,7 +424,7 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
         )
 
         def replace_daily() -> Awaitable[writer.WriteResult]:
-            return writer.replace_window(pool, stock_daily, daily, **window(daily))
+            return writer.replace_window(pool, stock_daily, daily, **whole_options, **window(daily))
 
         d = await best("stock_daily", replace_daily)
         report(
@@ -429,7 +443,7 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
             target="stock_daily (pk + ix)",
             note="rows inserted into both indexes one by one",
         )
-        d_ref = await best("stock_daily", lambda: bare_copy(pool, stock_daily, daily))
+        d_ref = await best("stock_daily", lambda: bare_copy(pool, stock_daily, daily, chunk_rows))
         report(
             "d_reference_bare_copy_into_stock_daily",
             rows,
@@ -451,10 +465,14 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
         e_runs, f_runs = [], []
         for _ in range(repeat):
             await fresh(pool, "stock_daily")
-            e_runs.append(await timed(lambda: writer.upsert(pool, stock_daily, daily)))
+            e_runs.append(
+                await timed(lambda: writer.upsert(pool, stock_daily, daily, **copy_options))
+            )
             with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
                 await pool.execute("CHECKPOINT")
-            f_runs.append(await timed(lambda: writer.upsert(pool, stock_daily, daily)))
+            f_runs.append(
+                await timed(lambda: writer.upsert(pool, stock_daily, daily, **copy_options))
+            )
         e, f = min(e_runs), min(f_runs)
         report("e_writer_upsert_empty", rows, e)
         report("f_writer_upsert_unchanged", rows, f)
@@ -463,7 +481,7 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
             g_indexed = await best(
                 "technical_daily",
                 lambda: writer.replace_window(
-                    pool, technical_daily, technical, **window(technical)
+                    pool, technical_daily, technical, **whole_options, **window(technical)
                 ),
             )
         report(
@@ -474,7 +492,7 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
             note="every row inserted into both indexes as it arrives",
         )
         g_copy, g_builds = await load_then_index_floor(
-            pool, bare_technical, technical, streams, repeat
+            pool, bare_technical, technical, streams, chunk_rows, repeat
         )
         await fresh(pool, bare_technical.name)
         report(
@@ -489,7 +507,9 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
 
         async def managed() -> None:
             async with bulk_load(pool, technical_daily, concurrently=False):
-                await writer.replace_window(pool, technical_daily, technical, **window(technical))
+                await writer.replace_window(
+                    pool, technical_daily, technical, **whole_options, **window(technical)
+                )
 
         g_managed = await best("technical_daily", managed)
         report("g_full_import_index_management", rows, g_managed, target="technical_daily")
@@ -521,14 +541,14 @@ async def run_benchmark(url: str, rows: int, seed_rows: int, repeat: int) -> dic
     return summary
 
 
-def server_url(given: str | None) -> tuple[str, Callable[[], None]]:
+def server_url(given: str | None, settings: Settings) -> tuple[str, Callable[[], None]]:
     """The server to use and how to let it go afterwards."""
-    url = given or os.environ.get("STOCK_PIPELINE_DATABASE_URL")
+    url = given or settings.database_url
     if url:
         return url, lambda: None
     from stock_pipeline.embedded.postgres import EmbeddedPostgres
 
-    server = EmbeddedPostgres(Settings.from_env().home / "postgres")
+    server = EmbeddedPostgres(settings.home / "postgres")
     was_running = server.is_running()
     server.start()
     return server.url(), (lambda: None) if was_running else server.stop
@@ -541,14 +561,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="runs of each fast method")
     parser.add_argument("--database-url", help="a PostgreSQL server (its maintenance DB)")
     args = parser.parse_args(argv)
-    url, release = server_url(args.database_url)
+    settings = Settings.from_env()
+    url, release = server_url(args.database_url, settings)
     emit({"server": display_url(url)})
     try:
 
         async def go() -> dict[str, Any]:
             async with scratch_database(url) as scratch:
                 return await run_benchmark(
-                    scratch, args.rows, min(args.seed_rows, args.rows), max(1, args.repeat)
+                    scratch,
+                    args.rows,
+                    min(args.seed_rows, args.rows),
+                    max(1, args.repeat),
+                    settings,
                 )
 
         emit(asyncio.run(go()))

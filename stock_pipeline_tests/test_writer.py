@@ -18,7 +18,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
+from stock_pipeline.settings import Settings
 from stock_pipeline.warehouse import partitions, writer
+from stock_pipeline.warehouse.batch import DEFAULT_CHUNK_ROWS
 from stock_pipeline.warehouse.copy_format import encode_binary, kind_of, prepare_column
 from stock_pipeline.warehouse.tables import index_constituents, stock_daily, stocks
 from stock_pipeline.warehouse.urls import asyncpg_dsn
@@ -552,18 +554,20 @@ def test_a_partition_holding_only_the_window_is_rebuilt_whole_and_swapped_in(
     builds a new partition whole and swaps it in: same names, indexes and constraints as
     before, the new rows, no dead tuples; loaded in the write's transaction (COPY FREEZE),
     its pages are all-visible for index-only scans at once."""
-    monkeypatch.setenv("STOCK_PIPELINE_COPY_STREAMS", str(streams))
     old = daily_rows(codes=5, days=6, seed=1)
     run(pg_dsn, lambda pool: replace_window(pool, stock_daily, old, **window(old)))
     before = _partition_state(engine, "stock_daily_2024")
     new = daily_rows(codes=5, days=6, seed=2)
-    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, new, **window(new)))
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, new, streams=streams, **window(new)))
     expected = checksum(engine, DATA_COLUMNS)
     run(pg_dsn, lambda pool: replace_window(pool, stock_daily, old, **window(old)))
 
     monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 10)
     with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
-        result = run(pg_dsn, lambda pool: replace_window(pool, stock_daily, new, **window(new)))
+        result = run(
+            pg_dsn,
+            lambda pool: replace_window(pool, stock_daily, new, streams=streams, **window(new)),
+        )
     assert "rebuilt partition stock_daily_2024 whole (30 rows" in caplog.text
     assert "swapped in" in caplog.text
     assert (result.rows, result.deleted) == (30, 30)
@@ -576,13 +580,16 @@ def test_a_partition_holding_only_the_window_is_rebuilt_whole_and_swapped_in(
         assert heap_fetches == 0
 
     # The same again is idempotent, and an empty partition is swapped as well.
-    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, new, **window(new)))
+    run(pg_dsn, lambda pool: replace_window(pool, stock_daily, new, streams=streams, **window(new)))
     assert checksum(engine, DATA_COLUMNS) == expected
     with engine.begin() as conn:
         conn.execute(text("TRUNCATE stock_daily"))
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
-        run(pg_dsn, lambda pool: replace_window(pool, stock_daily, new, **window(new)))
+        run(
+            pg_dsn,
+            lambda pool: replace_window(pool, stock_daily, new, streams=streams, **window(new)),
+        )
     assert "rebuilt partition stock_daily_2024 whole" in caplog.text
     assert _partition_state(engine, "stock_daily_2024") == before
     assert checksum(engine, DATA_COLUMNS) == expected
@@ -873,6 +880,36 @@ def test_concurrent_reader_sees_the_old_window_or_the_new_one(
 
     seen = run(pg_dsn, scenario)
     assert seen <= allowed, f"a reader saw a half-replaced window: {seen - allowed}"
+
+
+# -- settings come from the caller ---------------------------------------------------------------
+
+
+def test_chunk_rows_and_streams_default_to_constants_never_the_environment(
+    pg_dsn: str, engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """Settings are read by the Dagster resource and passed down: unset, chunk_rows and streams
+    are the Settings defaults, whatever STOCK_PIPELINE_* says (garbage here, which
+    Settings.from_env would refuse)."""
+    assert Settings().copy_chunk_rows == DEFAULT_CHUNK_ROWS
+    assert Settings().copy_streams == partitions.DEFAULT_COPY_STREAMS
+    monkeypatch.setenv("STOCK_PIPELINE_COPY_CHUNK_ROWS", "not a number")
+    monkeypatch.setenv("STOCK_PIPELINE_COPY_STREAMS", "not a number")
+    monkeypatch.setattr(partitions, "WHOLE_PARTITION_MIN_ROWS", 10)
+    rows = daily_rows(codes=5, days=6)
+    with caplog.at_level(logging.INFO, logger="stock_pipeline.warehouse.writer"):
+        replaced = run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, **window(rows)))
+    upserted = run(pg_dsn, lambda pool: upsert(pool, stock_daily, rows))
+    assert (replaced.chunks, upserted.chunks, upserted.unchanged) == (1, 1, 30)
+    streams = min(partitions.DEFAULT_COPY_STREAMS, 4)  # run_with_pool's pool holds 4
+    if streams > 1:
+        assert f"{streams} COPY streams" in caplog.text
+    else:
+        assert "loaded and indexed in the transaction" in caplog.text
+    with pytest.raises(ValueError, match="chunk_rows must be >= 1"):
+        run(pg_dsn, lambda pool: upsert(pool, stock_daily, rows, chunk_rows=0))
+    with pytest.raises(ValueError, match="streams must be >= 1"):
+        run(pg_dsn, lambda pool: replace_window(pool, stock_daily, rows, streams=0, **window(rows)))
 
 
 # -- errors --------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Column, Table
 
-from stock_pipeline.settings import Settings
 from stock_pipeline.warehouse.catalog import quote
 from stock_pipeline.warehouse.copy_format import (
     BadValue,
@@ -30,6 +29,10 @@ from stock_pipeline.warehouse.copy_format import (
 )
 
 Method = Literal["copy", "insert"]
+
+# Rows per COPY chunk when the caller names none: bounds client and temp-table memory. The
+# default of Settings.copy_chunk_rows; the Dagster resource passes the configured value.
+DEFAULT_CHUNK_ROWS = 50_000
 
 # Set by the database on every write; never a reason to rewrite a row.
 BOOKKEEPING_COLUMNS = frozenset({"fetched_at", "updated_at"})
@@ -367,7 +370,9 @@ async def write_chunk(
 
 
 def resolve_chunk_rows(chunk_rows: int | None) -> int:
-    rows = chunk_rows if chunk_rows is not None else Settings.from_env().copy_chunk_rows
+    """`chunk_rows`, or DEFAULT_CHUNK_ROWS for None (never the environment: settings are read
+    by the Dagster resource and passed down)."""
+    rows = DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows
     if rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {rows}")
     return rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
@@ -22,7 +23,6 @@ import asyncpg
 import numpy as np
 from sqlalchemy import Table
 
-from stock_pipeline.settings import Settings
 from stock_pipeline.warehouse.batch import (
     COPY_REFUSED,
     Batch,
@@ -67,6 +67,10 @@ _SWAP_LOCK_ATTEMPT = "1s"
 # The CHECK that bounds a stage to its year until it is attached.
 _BOUND = "stock_pipeline_year_bound"
 BUILD_MAINTENANCE_WORK_MEM = "1GB"
+# COPY streams of a whole-partition build when the caller names none: one stream keeps one
+# server core busy. The default of Settings.copy_streams; the Dagster resource passes the
+# configured value.
+DEFAULT_COPY_STREAMS = min(4, os.cpu_count() or 1)
 
 
 # -- partitions on demand -----------------------------------------------------------------------
@@ -573,10 +577,11 @@ async def drop_stages(conn: asyncpg.Connection, table: Table, plan: Iterable[Who
 
 
 def copy_streams(db: Database, streams: int | None) -> int:
-    """COPY streams for a whole-partition build: one for a single connection."""
+    """COPY streams for a whole-partition build: `streams` (DEFAULT_COPY_STREAMS for None,
+    never the environment), at most the pool's size; one for a single connection."""
     if not isinstance(db, asyncpg.Pool):
         return 1
-    wanted = streams if streams is not None else Settings.from_env().copy_streams
+    wanted = DEFAULT_COPY_STREAMS if streams is None else streams
     if wanted < 1:
         raise ValueError(f"streams must be >= 1, got {wanted}")
     return min(wanted, db.get_max_size())

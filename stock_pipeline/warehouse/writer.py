@@ -16,7 +16,9 @@ name) and a DataFrame whose columns are a subset of the table's:
   from a pool, over several COPY streams with the indexes built in parallel.
 - `append(db, table, rows)`: COPY the rows in as they are (append-only data).
 
-Common to all: the batch is put in key order and duplicate keys collapse to the last row; a bad
+Common to all: COPY goes in chunks of `chunk_rows` rows (None: batch.DEFAULT_CHUNK_ROWS; the
+Dagster resource passes the configured STOCK_PIPELINE_COPY_CHUNK_ROWS, nothing here reads the
+environment); the batch is put in key order and duplicate keys collapse to the last row; a bad
 value raises WriteError naming the table, the column and a key, and nothing of the batch is
 written; missing yearly partitions are created first, in their own short transaction; a COPY the
 server refuses (not because of the data) is retried as batched INSERT in a new transaction.
@@ -206,7 +208,7 @@ async def replace_window(
 
     A year with at least WHOLE_PARTITION_MIN_ROWS rows whose partition is missing, or holds
     nothing outside the window, gets its partition built whole (partitions.py):
-    from a pool over `streams` connections (default STOCK_PIPELINE_COPY_STREAMS). Swapping a
+    from a pool over `streams` connections (None: partitions.DEFAULT_COPY_STREAMS). Swapping a
     partition in is, like TRUNCATE, not MVCC-safe for REPEATABLE READ readers whose snapshot
     predates it.
     """
