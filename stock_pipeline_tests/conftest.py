@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg2
 import pytest
 from psycopg2 import sql
@@ -26,7 +28,40 @@ from stock_pipeline.warehouse.urls import asyncpg_dsn, sqlalchemy_url
 def test_home() -> Iterator[Path]:
     """A private STOCK_PIPELINE_HOME for embedded servers started by this test session."""
     with tempfile.TemporaryDirectory(prefix="sp-test-") as tmp:
+        # Enterable (not listable) by the embedded PostgreSQL's OS user under root, so the
+        # session's cluster stays in here rather than being placed in /var/lib/stock-pipeline.
+        os.chmod(tmp, 0o711)
         yield Path(tmp)
+
+
+def processes_working_in(*folders: Path) -> list[psutil.Process]:
+    """Live processes whose working directory is inside one of `folders`: a PostgreSQL or
+    Valkey server works in its data directory."""
+    roots = [str(Path(folder).resolve()) for folder in folders]
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            cwd = proc.cwd()
+        except psutil.Error:  # exited, a zombie, or not ours to inspect
+            continue
+        if any(cwd == root or cwd.startswith(root + os.sep) for root in roots):
+            found.append(proc)
+    return found
+
+
+def assert_no_server_left_in(*folders: Path, within_s: float = 10.0) -> None:
+    """Fail if a server process still works inside one of `folders` after `within_s` (a
+    server stopped with -w has removed its pid file but may take a moment to exit)."""
+    deadline = time.monotonic() + within_s
+    while (left := processes_working_in(*folders)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"server processes left running in {folders}: {left}"
+
+
+@pytest.fixture(scope="session")
+def assert_no_server_in() -> Callable[..., None]:
+    """`assert_no_server_left_in`, for test modules (conftest is not imported by name)."""
+    return assert_no_server_left_in
 
 
 def _external_or_embedded(variable: str, embedded: Callable[[], Any]) -> Iterator[str]:
@@ -42,6 +77,7 @@ def _external_or_embedded(variable: str, embedded: Callable[[], Any]) -> Iterato
         yield server.url()
     finally:
         server.stop()
+        assert_no_server_left_in(server.dir.root, server.dir.data.resolve())
 
 
 @pytest.fixture(scope="session")
