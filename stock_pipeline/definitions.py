@@ -1,18 +1,60 @@
-"""The Dagster code location (workspace.yaml loads it).
+"""The Dagster code location (workspace.yaml loads it): assets, checks, resources, executor.
 
-So far it provides the resources every asset will use; the P0-P5 raw assets, ETL, indicators,
-cache refresh, partitions, schedules and sensors are added here as they land.
+Everything is built from the settings read here, once: the trading calendar (bundled XSHG,
+extended by the stored BaoStock calendar under STOCK_PIPELINE_HOME) gives the trading-day
+partitions; resources hand the settings down to the pool and the warehouse.
 """
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
+from stock_pipeline.assets.etl.p0 import etl_assets
+from stock_pipeline.assets.partitions import build_trading_day_partitions
+from stock_pipeline.assets.raw import BAOSTOCK_STEP_TAG, raw_assets
+from stock_pipeline.assets.raw.p0 import P0_CHECKS
+from stock_pipeline.calendar import load_calendar
 from stock_pipeline.resources import BaostockResource, WarehouseResource
+from stock_pipeline.settings import Settings
 
-defs = dg.Definitions(
-    resources={
-        "baostock": BaostockResource(),
-        "warehouse": WarehouseResource(),
-    },
+# Steps run in processes forked from a server that has the project imported (about a second
+# per step instead of several); at most one BaoStock step at a time within a run, whatever the
+# instance's pool limits.
+EXECUTOR = dg.multiprocess_executor.configured(
+    {
+        "start_method": {"forkserver": {"preload_modules": ["stock_pipeline.definitions"]}},
+        "tag_concurrency_limits": [{"key": BAOSTOCK_STEP_TAG, "limit": 1}],
+    }
 )
+
+
+def _secret(variable: str) -> dg.EnvVar | None:
+    """An EnvVar (shown by name, resolved at run time) when the variable is set."""
+    return dg.EnvVar(variable) if os.environ.get(variable) else None
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    return {
+        "baostock": BaostockResource(password=_secret("STOCK_PIPELINE_BAOSTOCK_PASSWORD")),
+        "warehouse": WarehouseResource(database_url=_secret("STOCK_PIPELINE_DATABASE_URL")),
+    }
+
+
+def build_definitions(
+    settings: Settings, resources: dict[str, dg.ConfigurableResource] | None = None
+) -> dg.Definitions:
+    """The code location for `settings` (tests pass their own resources)."""
+    calendar = load_calendar(settings.home)
+    partitions = build_trading_day_partitions(calendar, settings.start_date)
+    etl, etl_checks = etl_assets(calendar, partitions)
+    return dg.Definitions(
+        assets=[*raw_assets(calendar, partitions), *etl],
+        asset_checks=[*P0_CHECKS, *etl_checks],
+        resources=resources if resources is not None else default_resources(),
+        executor=EXECUTOR,
+    )
+
+
+defs = build_definitions(Settings.from_env())

@@ -1,8 +1,10 @@
 """Dagster resources: the BaoStock session pool and the warehouse (pools + COPY writer).
 
-Assets receive these and stay thin: open the pool, fetch, hand the typed frame to the writer.
-Both read STOCK_PIPELINE_* settings; a field set on the resource (e.g. in the launchpad)
-overrides its setting for that run.
+These are the one place the asset layer reads configuration: each resource starts from the
+STOCK_PIPELINE_* settings, applies the fields set on it (definitions, the launchpad), and hands
+the resulting `Settings` down to the pool and the warehouse; nothing below reads the
+environment. Secrets (the BaoStock password, database and Redis URLs) are set through
+`dg.EnvVar`, so the UI shows the variable's name, never its value.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class BaostockResource(dg.ConfigurableResource):
     )
     concurrency: int | None = Field(default=None, description="sessions; default from settings")
     qps: float | None = Field(default=None, description="requests/s for all sessions together")
+    user: str | None = Field(default=None, description="BaoStock user; default anonymous")
+    password: str | None = Field(default=None, description="BaoStock password (use an EnvVar)")
 
     def settings(self) -> Settings:
         base = Settings.from_env()
@@ -38,12 +42,16 @@ class BaostockResource(dg.ConfigurableResource):
             overrides["baostock_concurrency"] = self.concurrency
         if self.qps:
             overrides["baostock_qps"] = self.qps
+        if self.user:
+            overrides["baostock_user"] = self.user
+        if self.password:
+            overrides["baostock_password"] = self.password
         return dataclasses.replace(base, **overrides)
 
     @asynccontextmanager
     async def pool(self) -> AsyncIterator[BaostockPool]:
-        """The session pool for one run; every session is logged out and every worker joined
-        when the block ends, also on errors and cancellation."""
+        """The session pool for one asset body; every session is logged out and every worker
+        joined when the block ends, also on errors and cancellation."""
         async with BaostockPool.from_settings(self.settings()) as pool:
             yield pool
 
@@ -61,8 +69,7 @@ class WarehouseResource(dg.ConfigurableResource):
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[Warehouse]:
-        """The warehouse's pools for one run: hand `warehouse.copy_pool` to the writer
-        (warehouse/writer.py) for every write, and both pools close when the block ends."""
+        """The warehouse's pools for one asset body: both close when the block ends."""
         warehouse = await Warehouse.connect(self.settings())
         try:
             yield warehouse

@@ -1,0 +1,447 @@
+"""ETL of the core daily data: raw tables -> stocks, trade_calendar, stock_daily; their checks.
+
+Bodies are read -> compute (stock_pipeline.compute) -> write. Business tables are written with
+upsert / replace_window, never "insert if absent": a value BaoStock corrects reaches them.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from stock_pipeline.assets import runtime
+from stock_pipeline.calendar import TradingCalendar
+from stock_pipeline.compute.checks import adjust_factor_violations
+from stock_pipeline.compute.daily import stock_daily_rows
+from stock_pipeline.compute.reference import stocks_rows, trade_calendar_rows
+from stock_pipeline.resources import WarehouseResource
+from stock_pipeline.warehouse.engine import Warehouse
+
+GROUP = "etl"
+# Codes per read -> compute -> write round of stock_daily: ~50k rows a year of range each.
+CODES_PER_BATCH = 200
+SINGLE_RUN = dg.BackfillPolicy.single_run()
+
+
+def _asset_args(name: str, deps: Sequence[str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "group_name": GROUP,
+        "deps": [dg.AssetKey(d) for d in deps],
+        "backfill_policy": SINGLE_RUN,
+        "kinds": {"postgres"},
+        "metadata": runtime.definition_metadata(name),
+    }
+
+
+# -- reference tables (not partitioned) ---------------------------------------------------------
+
+
+@dg.asset(
+    description="One row per security, from raw_stock_basic (industry: see the P4 group).",
+    **_asset_args("stocks", ["raw_stock_basic"]),
+)
+async def stocks(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    report = runtime.Report("stocks")
+    async with warehouse.open() as wh:
+        with report.stages.time("read"):
+            basic = await runtime.read_frame(
+                wh,
+                "raw_stock_basic",
+                "SELECT code, code_name, ipo_date, out_date, security_type, status "
+                "FROM raw_stock_basic ORDER BY code",
+            )
+        with report.stages.time("transform"):
+            rows = stocks_rows(basic)
+        with report.stages.time("write"):
+            report.wrote(await runtime.upsert(wh, "stocks", rows))
+    report.preview = rows
+    return report.result()
+
+
+@dg.asset(
+    description="The SSE calendar with each day's previous trading day, from raw_trade_dates.",
+    **_asset_args("trade_calendar", ["raw_trade_dates"]),
+)
+async def trade_calendar(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    report = runtime.Report("trade_calendar")
+    async with warehouse.open() as wh:
+        with report.stages.time("read"):
+            days = await runtime.read_frame(
+                wh,
+                "raw_trade_dates",
+                "SELECT calendar_date, is_trading_day FROM raw_trade_dates ORDER BY calendar_date",
+            )
+        with report.stages.time("transform"):
+            rows = trade_calendar_rows(days)
+        with report.stages.time("write"):
+            report.wrote(await runtime.upsert(wh, "trade_calendar", rows))
+    report.preview = rows.tail(runtime.PREVIEW_ROWS)
+    return report.result()
+
+
+# -- stock_daily (partitioned) ---------------------------------------------------------------
+
+FACTOR_CHECK = "stock_daily_adjust_factor_check"
+
+BARS_SQL = """
+SELECT code, trade_date, open, high, low, close, pre_close, pct_chg, volume, amount, turnover,
+       trade_status, is_st, pe_ttm, pb_mrq, ps_ttm, pcf_ncf_ttm, adjust_flag
+FROM raw_k_daily WHERE code = ANY($1::text[]) AND trade_date BETWEEN $2 AND $3
+"""
+FACTORS_SQL = """
+SELECT code, divid_operate_date, back_adjust_factor FROM raw_adjust_factor
+WHERE code = ANY($1::text[]) AND divid_operate_date <= $2
+"""
+PREVIOUS_ROWS_SQL = """
+SELECT p.code, p.trade_date, p.pre_close, p.close, p.back_adjust_factor
+FROM unnest($1::text[]) AS c(code)
+CROSS JOIN LATERAL (
+    SELECT code, trade_date, pre_close, close, back_adjust_factor FROM stock_daily
+    WHERE code = c.code AND trade_date < $2 ORDER BY trade_date DESC LIMIT 1
+) p
+"""
+
+
+def build_stock_daily(
+    calendar: TradingCalendar, partitions: dg.PartitionsDefinition
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        description=(
+            "Unadjusted daily bars with valuation, flags and the back-adjust factor in force on "
+            "each day (back-adjusted = price x factor; forward-adjusted = back-adjusted / the "
+            "latest factor)."
+        ),
+        partitions_def=partitions,
+        check_specs=[
+            dg.AssetCheckSpec(
+                FACTOR_CHECK,
+                asset="stock_daily",
+                blocking=True,
+                description="The back-adjust factor never decreases and changes only on "
+                "ex-right dates (a pre_close that differs from the last close).",
+            )
+        ],
+        **_asset_args("stock_daily", ["raw_k_daily", "raw_adjust_factor"]),
+    )
+    async def stock_daily(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+        window = runtime.window_of(context, calendar)
+        report = runtime.Report("stock_daily", window)
+        async with warehouse.open() as wh:
+            codes = await _codes_with_bars(wh, window)
+            expected = await wh.copy_pool.fetchval(
+                "SELECT count(*) FROM raw_k_daily WHERE trade_date BETWEEN $1 AND $2",
+                window.start,
+                window.end,
+            )
+            violations: list[pd.DataFrame] = []
+            async with runtime.bulk_load_if_large(wh, "stock_daily", window, expected) as bulk:
+                for start in range(0, len(codes), CODES_PER_BATCH):
+                    batch = codes[start : start + CODES_PER_BATCH]
+                    violations.append(await _load_batch(wh, window, batch, report))
+            dropped = await _drop_codes_without_bars(wh, window, codes)
+            report.extra["rows_deleted_of_codes_without_bars"] = dropped
+            report.extra["index_management"] = bulk
+            report.extra["codes"] = len(codes)
+        context.log.info(
+            f"[etl.stock_daily] {window}: {report.rows_written.get('stock_daily', 0)} rows of "
+            f"{len(codes)} codes, {report.stages.wall_s:.1f}s"
+        )
+        yield report.result()
+        yield _factor_check_result(pd.concat(violations, ignore_index=True) if violations else None)
+
+    return stock_daily
+
+
+async def _codes_with_bars(wh: Warehouse, window: runtime.Window) -> list[str]:
+    rows = await wh.copy_pool.fetch(
+        "SELECT DISTINCT code FROM raw_k_daily WHERE trade_date BETWEEN $1 AND $2 ORDER BY code",
+        window.start,
+        window.end,
+    )
+    return [r["code"] for r in rows]
+
+
+async def _load_batch(
+    wh: Warehouse, window: runtime.Window, codes: list[str], report: runtime.Report
+) -> pd.DataFrame:
+    """One round: read the codes' raw bars and factors, build stock_daily rows, replace the
+    codes' window; returns the factor rule violations among them."""
+    with report.stages.time("read"):
+        bars = await runtime.read_frame(
+            wh, "raw_k_daily", BARS_SQL, codes, window.start, window.end
+        )
+        factors = await runtime.read_frame(wh, "raw_adjust_factor", FACTORS_SQL, codes, window.end)
+        previous = await runtime.read_frame(
+            wh, "stock_daily", PREVIOUS_ROWS_SQL, codes, window.start
+        )
+    with report.stages.time("transform"):
+        rows = stock_daily_rows(bars, factors)
+    with report.stages.time("write"):
+        report.wrote(
+            await runtime.replace_window(
+                wh, "stock_daily", rows, start=window.start, end=window.end, codes=codes
+            )
+        )
+    if report.preview is None:
+        report.preview = rows.head(runtime.PREVIEW_ROWS)
+    with report.stages.time("check"):
+        columns = ["code", "trade_date", "pre_close", "close", "back_adjust_factor"]
+        return adjust_factor_violations(pd.concat([previous[columns], rows[columns]]))
+
+
+async def _drop_codes_without_bars(wh: Warehouse, window: runtime.Window, codes: list[str]) -> int:
+    """stock_daily rows of the window whose code has no raw bar there any more."""
+    status = await wh.copy_pool.execute(
+        "DELETE FROM stock_daily WHERE trade_date BETWEEN $1 AND $2 "
+        "AND NOT (code = ANY($3::text[]))",
+        window.start,
+        window.end,
+        codes,
+    )
+    return int(status.split()[-1])
+
+
+def _factor_check_result(violations: pd.DataFrame | None) -> dg.AssetCheckResult:
+    count = 0 if violations is None else len(violations)
+    metadata: dict[str, Any] = {"violations": count}
+    if count:
+        metadata["examples"] = runtime.markdown_table(violations, rows=20)
+    return dg.AssetCheckResult(
+        check_name=FACTOR_CHECK,
+        asset_key="stock_daily",
+        passed=count == 0,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
+        description=None if count == 0 else f"{count} rows break the back-adjust factor rules",
+    )
+
+
+# -- SQL checks beside their assets ------------------------------------------------------------
+
+COVERAGE_SQL = """
+WITH listed AS (
+    SELECT a.trade_date, a.code FROM raw_all_stock a
+    JOIN raw_stock_basic b ON b.code = a.code AND b.security_type = 1
+    WHERE a.trade_date BETWEEN $1 AND $2 AND a.trade_status
+)
+SELECT l.trade_date, count(*) AS listed, count(*) FILTER (WHERE d.code IS NULL) AS missing,
+       (array_agg(l.code ORDER BY l.code) FILTER (WHERE d.code IS NULL))[1:10] AS examples
+FROM listed l LEFT JOIN stock_daily d ON d.code = l.code AND d.trade_date = l.trade_date
+GROUP BY l.trade_date ORDER BY l.trade_date
+"""
+
+OHLC_SQL = """
+SELECT
+    count(*) AS rows,
+    count(*) FILTER (WHERE close IS NOT NULL AND (low > least(open, close)
+        OR high < greatest(open, close) OR low > high)) AS outside_high_low,
+    count(*) FILTER (WHERE open <= 0 OR high <= 0 OR low <= 0 OR close <= 0) AS non_positive,
+    count(*) FILTER (WHERE volume < 0 OR amount < 0) AS negative_volume,
+    count(*) FILTER (WHERE NOT trade_status AND num_nonnulls(open, high, low, close) > 0)
+        AS suspended_with_prices,
+    count(*) FILTER (WHERE trade_status AND close IS NULL) AS traded_without_close
+FROM stock_daily WHERE trade_date BETWEEN $1 AND $2
+"""
+OHLC_EXAMPLES_SQL = """
+SELECT code, trade_date, open, high, low, close, volume, trade_status FROM stock_daily
+WHERE trade_date BETWEEN $1 AND $2 AND (
+    (close IS NOT NULL AND (low > least(open, close) OR high < greatest(open, close)
+        OR low > high))
+    OR open <= 0 OR high <= 0 OR low <= 0 OR close <= 0 OR volume < 0 OR amount < 0
+    OR (NOT trade_status AND num_nonnulls(open, high, low, close) > 0)
+    OR (trade_status AND close IS NULL))
+ORDER BY trade_date, code LIMIT 20
+"""
+
+UNIQUENESS_SQL = """
+SELECT lower(btrim(code)) AS code, trade_date, count(*) AS copies FROM stock_daily
+WHERE trade_date BETWEEN $1 AND $2
+GROUP BY 1, 2 HAVING count(*) > 1 ORDER BY 2, 1 LIMIT 20
+"""
+MALFORMED_CODES_SQL = """
+SELECT count(*) FROM stock_daily
+WHERE trade_date BETWEEN $1 AND $2 AND code !~ '^(sh|sz|bj)\\.[0-9]{6}$'
+"""
+
+RECONCILE_SQL = """
+SELECT
+    (SELECT count(*) FROM raw_k_daily k JOIN raw_stock_basic b ON b.code = k.code
+        AND b.security_type = 1 WHERE k.trade_date BETWEEN $1 AND $2) AS raw_stock_rows,
+    (SELECT count(*) FROM raw_k_daily WHERE trade_date BETWEEN $1 AND $2) AS raw_rows,
+    (SELECT count(*) FROM stock_daily WHERE trade_date BETWEEN $1 AND $2) AS business_rows
+"""
+
+
+def _check(passed: bool, metadata: dict[str, Any], failure: str) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
+        description=None if passed else failure,
+    )
+
+
+def build_stock_daily_checks(
+    calendar: TradingCalendar, partitions: dg.PartitionsDefinition
+) -> list[dg.AssetChecksDefinition]:
+    """SQL checks of stock_daily over the run's window (blocking ones stop downstream assets)."""
+
+    @dg.asset_check(
+        asset="stock_daily",
+        partitions_def=partitions,
+        description="Every stock query_all_stock lists as trading on a day has its bar "
+        "(STOCK_PIPELINE_COVERAGE_TOLERANCE: share allowed to be missing).",
+    )
+    async def stock_daily_coverage_check(
+        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+    ) -> dg.AssetCheckResult:
+        window = runtime.window_of(context, calendar)
+        tolerance = warehouse.settings().coverage_tolerance
+        async with warehouse.open() as wh:
+            days = await wh.copy_pool.fetch(COVERAGE_SQL, window.start, window.end)
+        unlisted = sorted(set(window.sessions) - {r["trade_date"] for r in days})
+        worst = max(days, key=lambda r: r["missing"] / r["listed"], default=None)
+        over = [r for r in days if r["missing"] > tolerance * r["listed"]]
+        metadata: dict[str, Any] = {
+            "days_checked": len(days),
+            "days_over_tolerance": len(over),
+            "missing_bars": sum(r["missing"] for r in days),
+            "tolerance": tolerance,
+            "days_without_listing": [str(d) for d in unlisted[:20]],
+        }
+        if worst is not None:
+            metadata["worst_day"] = f"{worst['trade_date']}: {worst['missing']}/{worst['listed']}"
+        if over:
+            metadata["examples"] = dg.MetadataValue.md(
+                "\n".join(
+                    f"- {r['trade_date']}: {r['missing']} of {r['listed']} missing, e.g. "
+                    + ", ".join(r["examples"] or [])
+                    for r in over[:10]
+                )
+            )
+        problems = []
+        if over:
+            problems.append(f"{len(over)} days miss bars of listed stocks beyond the tolerance")
+        if unlisted:
+            problems.append(f"{len(unlisted)} days have no listing in raw_all_stock")
+        return _check(not problems, metadata, "; ".join(problems))
+
+    @dg.asset_check(
+        asset="stock_daily",
+        partitions_def=partitions,
+        blocking=True,
+        description="low <= open, close <= high; prices > 0; volume, amount >= 0; suspended "
+        "days carry no prices and traded days a close.",
+    )
+    async def stock_daily_ohlc_sanity_check(
+        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+    ) -> dg.AssetCheckResult:
+        window = runtime.window_of(context, calendar)
+        async with warehouse.open() as wh:
+            counts = dict(await wh.copy_pool.fetchrow(OHLC_SQL, window.start, window.end))
+            bad = sum(v for k, v in counts.items() if k != "rows")
+            metadata: dict[str, Any] = dict(counts)
+            if bad:
+                examples = await runtime.read_frame(
+                    wh, "stock_daily", OHLC_EXAMPLES_SQL, window.start, window.end
+                )
+                metadata["examples"] = runtime.markdown_table(examples, rows=20)
+        return _check(bad == 0, metadata, f"{bad} rows break OHLC sanity")
+
+    @dg.asset_check(
+        asset="stock_daily",
+        partitions_def=partitions,
+        blocking=True,
+        description="One row per (code, trade_date), codes in BaoStock's form (sh.600000), "
+        "also when compared case- and space-insensitively.",
+    )
+    async def stock_daily_key_uniqueness_check(
+        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+    ) -> dg.AssetCheckResult:
+        window = runtime.window_of(context, calendar)
+        async with warehouse.open() as wh:
+            duplicates = await wh.copy_pool.fetch(UNIQUENESS_SQL, window.start, window.end)
+            malformed = await wh.copy_pool.fetchval(MALFORMED_CODES_SQL, window.start, window.end)
+        metadata: dict[str, Any] = {"duplicate_keys": len(duplicates), "malformed_codes": malformed}
+        if duplicates:
+            metadata["examples"] = [
+                f"{r['code']} {r['trade_date']} x{r['copies']}" for r in duplicates
+            ]
+        return _check(
+            not duplicates and not malformed,
+            metadata,
+            f"{len(duplicates)} duplicate keys, {malformed} malformed codes",
+        )
+
+    @dg.asset_check(
+        asset="stock_daily",
+        partitions_def=partitions,
+        blocking=True,
+        description="stock_daily holds exactly one row per raw_k_daily bar of a stock.",
+    )
+    async def stock_daily_raw_reconciliation_check(
+        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+    ) -> dg.AssetCheckResult:
+        window = runtime.window_of(context, calendar)
+        async with warehouse.open() as wh:
+            counts = dict(await wh.copy_pool.fetchrow(RECONCILE_SQL, window.start, window.end))
+        # Bars of codes stock_basic does not know count as stocks (see stock_universe).
+        expected_low, expected_high = counts["raw_stock_rows"], counts["raw_rows"]
+        passed = expected_low <= counts["business_rows"] <= expected_high
+        return _check(
+            passed,
+            counts,
+            f"stock_daily has {counts['business_rows']} rows for {counts['raw_rows']} raw bars",
+        )
+
+    return [
+        stock_daily_coverage_check,
+        stock_daily_ohlc_sanity_check,
+        stock_daily_key_uniqueness_check,
+        stock_daily_raw_reconciliation_check,
+    ]
+
+
+@dg.asset_check(asset="stocks", blocking=True, description="stocks has a row per raw security.")
+async def stocks_raw_reconciliation_check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    async with warehouse.open() as wh:
+        row = await wh.copy_pool.fetchrow(
+            "SELECT (SELECT count(*) FROM raw_stock_basic) AS raw_rows, "
+            "(SELECT count(*) FROM stocks s JOIN raw_stock_basic r USING (code)) AS matched, "
+            "(SELECT count(*) FROM stocks) AS business_rows"
+        )
+    counts = dict(row)
+    passed = counts["raw_rows"] == counts["matched"]
+    return _check(passed, counts, f"{counts['raw_rows'] - counts['matched']} securities missing")
+
+
+@dg.asset_check(
+    asset="trade_calendar", blocking=True, description="trade_calendar has a row per raw day."
+)
+async def trade_calendar_raw_reconciliation_check(
+    warehouse: WarehouseResource,
+) -> dg.AssetCheckResult:
+    async with warehouse.open() as wh:
+        row = await wh.copy_pool.fetchrow(
+            "SELECT (SELECT count(*) FROM raw_trade_dates) AS raw_rows, "
+            "(SELECT count(*) FROM trade_calendar c JOIN raw_trade_dates r "
+            "ON r.calendar_date = c.cal_date AND r.is_trading_day = c.is_open) AS matched"
+        )
+    counts = dict(row)
+    passed = counts["raw_rows"] == counts["matched"]
+    return _check(passed, counts, f"{counts['raw_rows'] - counts['matched']} days differ")
+
+
+def etl_assets(
+    calendar: TradingCalendar, partitions: dg.PartitionsDefinition
+) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    """The P0 business tables and their SQL checks."""
+    assets = [stocks, trade_calendar, build_stock_daily(calendar, partitions)]
+    checks = [
+        *build_stock_daily_checks(calendar, partitions),
+        stocks_raw_reconciliation_check,
+        trade_calendar_raw_reconciliation_check,
+    ]
+    return assets, checks

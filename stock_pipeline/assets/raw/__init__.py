@@ -1,0 +1,106 @@
+"""Raw assets, generated: one per RAW_DATASETS entry (warehouse/tables.py) that has a sync.
+
+The dataset spec gives the asset its name, group, description and columns; the sync (p0.py,
+later p1..p5) says how to fetch it. Every raw asset runs in the `baostock` concurrency pool,
+so concurrent runs never open more BaoStock sessions than configured, and every partitioned one
+takes a range in one run (BackfillPolicy.single_run), which `--partition-range` requires.
+"""
+
+import datetime as dt
+
+import dagster as dg
+
+from stock_pipeline.assets import runtime
+from stock_pipeline.assets.raw.job import RawJob, RawSync, SyncError
+from stock_pipeline.assets.raw.p0 import P0_SYNCS
+from stock_pipeline.calendar import TradingCalendar
+from stock_pipeline.resources import BaostockResource, WarehouseResource
+from stock_pipeline.warehouse.tables import RAW_DATASETS, RawDataset
+
+SYNCS: dict[str, RawSync] = {**P0_SYNCS}
+BAOSTOCK_POOL = "baostock"
+# Op tag of every step that opens a BaoStock session pool (the executor runs one at a time).
+BAOSTOCK_STEP_TAG = "stock_pipeline/baostock_sessions"
+# A failed raw step is tried again once, a little later (a BaoStock hiccup); its writes are
+# idempotent, so a retry redoes nothing wrong.
+RETRY = dg.RetryPolicy(
+    max_retries=1, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+def build_raw_asset(
+    spec: RawDataset,
+    sync: RawSync,
+    calendar: TradingCalendar,
+    partitions: dg.PartitionsDefinition,
+) -> dg.AssetsDefinition:
+    """The asset that syncs one raw dataset with `sync`."""
+
+    @dg.asset(
+        name=spec.table,
+        group_name=spec.group.lower(),
+        description=f"BaoStock {spec.api} -> {spec.table}. {spec.description}".strip(),
+        deps=[dg.AssetKey(name) for name in sync.deps],
+        partitions_def=partitions if sync.partitioned else None,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=BAOSTOCK_POOL,
+        retry_policy=RETRY,
+        kinds={"baostock", "postgres"},
+        metadata=runtime.definition_metadata(spec.table),
+        tags={"cadence": spec.cadence},
+        op_tags={BAOSTOCK_STEP_TAG: "pool"},
+    )
+    async def raw_asset(
+        context: dg.AssetExecutionContext,
+        baostock: BaostockResource,
+        warehouse: WarehouseResource,
+    ) -> dg.MaterializeResult:
+        window = runtime.window_of(context, calendar) if sync.partitioned else None
+        report = runtime.Report(spec.table, window)
+        settings = baostock.settings()
+        async with runtime.open_pool_and_warehouse(baostock, warehouse) as (pool, wh):
+            job = RawJob(spec.table, context, window, pool, wh, calendar, settings, report)
+            try:
+                await sync.run(job)
+            except SyncError as exc:
+                await _record_outcome(job)
+                raise dg.Failure(str(exc), metadata=report.metadata()) from None
+            await _record_outcome(job)
+        context.log.info(
+            f"[{spec.group.lower()}.{spec.table}] {window or 'all'}: "
+            f"{report.rows_written.get(spec.table, 0)} rows, "
+            f"{len(report.failures)} failed, {report.stages.wall_s:.1f}s"
+        )
+        return report.result()
+
+    return raw_asset
+
+
+async def _record_outcome(job: RawJob) -> None:
+    report = job.report
+    await runtime.record_fetch(
+        job.wh,
+        run_id=job.context.run_id,
+        dataset=job.name,
+        window=job.window,
+        requested=report.requested or 0,
+        failures=report.failures,
+        rows=report.rows_written.get(job.name, 0),
+        seconds=report.stages.wall_s,
+    )
+    if not (job.window and SYNCS[job.name].per_code):
+        # Datasets fetched once or per day have one sync_state row (code '').
+        failed = {"": f"{len(report.failures)} requests failed"} if report.failures else {}
+        through = job.window.end if job.window else dt.date.today()
+        await job.record_state(ok=[] if failed else [""], failures=failed, through=through)
+
+
+def raw_assets(
+    calendar: TradingCalendar, partitions: dg.PartitionsDefinition
+) -> list[dg.AssetsDefinition]:
+    """Every raw asset that has a sync, in RAW_DATASETS order."""
+    return [
+        build_raw_asset(spec, SYNCS[spec.table], calendar, partitions)
+        for spec in RAW_DATASETS
+        if spec.table in SYNCS
+    ]

@@ -1,0 +1,441 @@
+"""P0, the core daily data: how each raw dataset is fetched from BaoStock and written.
+
+- raw_trade_dates: BaoStock's calendar, also stored as the file that extends the trading-day
+  partitions past the bundled calendar (calendar.py);
+- raw_stock_basic: every security with its type and listing dates;
+- raw_all_stock: the securities listed on each trading day, one request per day;
+- raw_k_daily: unadjusted daily bars, ONE request per code for the whole range, over the
+  range's universe (every code listed on any of its days, delisted ones included);
+- raw_adjust_factor: back-adjust factors, fetched only for codes whose factor can have changed.
+"""
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from stock_pipeline import calendar as trading_calendar
+from stock_pipeline.assets import runtime
+from stock_pipeline.assets.raw.job import RawJob, RawSync, SyncError
+from stock_pipeline.baostock.fetch import fetch_daily_bars, fetch_many
+from stock_pipeline.compute.daily import ex_right_codes
+from stock_pipeline.compute.reference import stock_universe
+from stock_pipeline.resources import WarehouseResource
+
+# Factor history is fetched from the first trading day on: the factor in force on any day is
+# that of the latest ex-right date before it, however old.
+FACTOR_HISTORY_START = trading_calendar.SSE_FIRST_SESSION
+# A range in which more keys fail than this share is failed as a whole (BaoStock is down or
+# refusing us); below it, the run succeeds and lists the failed keys.
+FAILED_SHARE_LIMIT = 0.5
+
+
+def _iso(day: dt.date) -> str:
+    return day.isoformat()
+
+
+def _fail_if_mostly_failed(job: RawJob, requested: int, failures: dict[str, str]) -> None:
+    if requested and len(failures) > FAILED_SHARE_LIMIT * requested:
+        reasons = pd.Series(list(failures.values())).value_counts().head(3)
+        top = "; ".join(f"{n}x {reason}" for reason, n in reasons.items())
+        raise SyncError(
+            f"{job.name}: {len(failures)} of {requested} requests failed ({top}); what "
+            "succeeded was written. Check BaoStock's reachability and "
+            "STOCK_PIPELINE_BAOSTOCK_QPS / _CONCURRENCY, then rematerialize"
+        )
+
+
+# -- calendar and listings (not partitioned) ---------------------------------------------------
+
+
+async def sync_trade_dates(job: RawJob) -> runtime.Report:
+    """BaoStock's trade dates from the start date to the end of next year, stored twice: in
+    raw_trade_dates and as the calendar file definitions extend the partitions from."""
+    report = job.report
+    start = job.settings.start_date
+    end = dt.date(dt.date.today().year + 1, 12, 31)
+    with report.stages.time("fetch"):
+        result = await job.pool.query(
+            "query_trade_dates", start_date=_iso(start), end_date=_iso(end)
+        )
+        frame = job.to_frame("query_trade_dates", result)
+    report.requested, report.server_requests = 1, result.server_requests
+    if frame.empty:
+        raise SyncError(f"BaoStock returned no trade dates for {start}..{end}")
+    frame = _trim_unknown_tail(job, frame)
+    with report.stages.time("write"):
+        report.wrote(await runtime.upsert(job.wh, job.name, frame))
+        days = [d.date() for d in frame["calendar_date"]]
+        flags = frame["is_trading_day"].fillna(False).astype(bool).tolist()
+        stored = trading_calendar.store_baostock_calendar(job.settings.home, days, flags)
+    bundled = trading_calendar.bundled_calendar()
+    differ = trading_calendar.disagreements(bundled, days, flags)
+    report.preview = frame.tail(runtime.PREVIEW_ROWS)
+    report.extra.update(
+        {
+            "calendar_first_day": str(stored.first_day),
+            "calendar_last_day": str(stored.last_day),
+            "sessions": len(stored.sessions),
+            "bundled_calendar_last_day": str(bundled.last_day),
+            "extends_bundled_calendar": stored.last_day > bundled.last_day,
+            "disagreements_with_bundled": len(differ),
+        }
+    )
+    for d in differ[:10]:
+        job.log.warning(f"[{job.name}] calendar disagreement: {d}")
+    return report
+
+
+def _trim_unknown_tail(job: RawJob, frame: pd.DataFrame) -> pd.DataFrame:
+    """Drop closed days after the last session: a server that does not know the future yet
+    may list it as closed, and no partition may appear or vanish on that guess."""
+    frame = frame.sort_values("calendar_date", kind="stable").reset_index(drop=True)
+    open_rows = np.flatnonzero(frame["is_trading_day"].fillna(False).to_numpy(bool))
+    if len(open_rows) == 0:
+        raise SyncError("BaoStock's calendar has no trading day at all")
+    last = int(open_rows[-1])
+    if last < len(frame) - 1:
+        job.log.info(
+            f"[{job.name}] calendar known through {frame['calendar_date'][last].date()}; "
+            f"{len(frame) - 1 - last} closed days after it left out"
+        )
+    return frame.iloc[: last + 1]
+
+
+async def sync_stock_basic(job: RawJob) -> runtime.Report:
+    """Every security BaoStock knows (stocks, indexes, funds), with listing dates and type."""
+    report = job.report
+    with report.stages.time("fetch"):
+        result = await job.pool.query("query_stock_basic")
+        frame = job.to_frame("query_stock_basic", result)
+    report.requested, report.server_requests = 1, result.server_requests
+    if frame.empty:
+        raise SyncError("BaoStock returned no securities from query_stock_basic")
+    with report.stages.time("write"):
+        report.wrote(await runtime.upsert(job.wh, job.name, frame))
+    report.preview = frame
+    kinds = frame["security_type"].value_counts().sort_index()
+    report.extra["securities_by_type"] = {str(k): int(v) for k, v in kinds.items()}
+    return report
+
+
+# -- per day ------------------------------------------------------------------------------------
+
+
+async def sync_all_stock(job: RawJob) -> runtime.Report:
+    """query_all_stock for each trading day of the window (one request per day)."""
+    report, window = job.report, job.window_required
+    sessions = list(window.sessions)
+    position = {day: i for i, day in enumerate(sessions)}
+
+    async def write(frame: pd.DataFrame) -> None:
+        if frame.empty:
+            return
+        frame["trade_date"] = pd.to_datetime(frame["trade_date"])
+        for first, last in _contiguous_runs(frame["trade_date"], position, sessions):
+            rows = frame[(frame["trade_date"] >= first) & (frame["trade_date"] <= last)]
+            with report.stages.time("write"):
+                report.wrote(
+                    await runtime.replace_window(
+                        job.wh, job.name, rows, start=first.date(), end=last.date()
+                    )
+                )
+
+    requests = {_iso(day): {"day": _iso(day)} for day in sessions}
+    with report.stages.time("fetch"):
+        result = await fetch_many(
+            job.pool,
+            "query_all_stock",
+            requests,
+            label=f"p0.{job.name}",
+            batch_size=job.batch_size,
+            on_batch=write,
+            key_column="trade_date",
+        )
+    report.stages.add("fetch", -report.stages.seconds.get("write", 0.0))
+    report.requested, report.server_requests = result.requested, result.server_requests
+    report.failures = result.failures
+    if result.rows == 0 and len(result.failures) < result.requested:
+        raise SyncError(
+            f"BaoStock listed no securities on any day of {window}: is the server's data "
+            "behind (the day not published yet)?"
+        )
+    _fail_if_mostly_failed(job, result.requested, result.failures)
+    return report
+
+
+def _contiguous_runs(
+    days: pd.Series, position: dict[dt.date, int], sessions: Sequence[dt.date]
+) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """Runs of consecutive sessions present in `days` (days missing from a batch failed and
+    keep what the warehouse has)."""
+    present = sorted(position[d] for d in {t.date() for t in days.unique()})
+    runs, begin = [], present[0]
+    for previous, current in zip(present, present[1:], strict=False):
+        if current != previous + 1:
+            runs.append((begin, previous))
+            begin = current
+    runs.append((begin, present[-1]))
+    return [(pd.Timestamp(sessions[a]), pd.Timestamp(sessions[b])) for a, b in runs]
+
+
+# -- per code -------------------------------------------------------------------------------
+
+
+async def range_universe(job: RawJob) -> list[str]:
+    """The stocks listed on any day of the window (raw_all_stock), delisted ones included."""
+    window = job.window_required
+    basic = await job.wh.copy_pool.fetch("SELECT code, security_type FROM raw_stock_basic")
+    if not basic:
+        raise SyncError(
+            "raw_stock_basic is empty: materialize it first (it tells stocks from indexes)"
+        )
+    listed = await job.wh.copy_pool.fetch(
+        "SELECT DISTINCT code FROM raw_all_stock WHERE trade_date BETWEEN $1 AND $2",
+        window.start,
+        window.end,
+    )
+    if not listed:
+        raise SyncError(
+            f"raw_all_stock holds no listing for {window}: materialize raw_all_stock for "
+            "these partitions first"
+        )
+    basic_frame = pd.DataFrame(
+        {"code": [r["code"] for r in basic], "security_type": [r["security_type"] for r in basic]}
+    )
+    return stock_universe(pd.Series([r["code"] for r in listed]), basic_frame)
+
+
+async def sync_k_daily(job: RawJob) -> runtime.Report:
+    """Unadjusted daily bars of the window's universe: one request per code for the whole
+    window, written batch by batch as they arrive (memory stays bounded for any range)."""
+    report, window = job.report, job.window_required
+    universe = await range_universe(job)
+
+    async def write(frame: pd.DataFrame) -> None:
+        if frame.empty:
+            return
+        codes = frame["code"].unique().tolist()
+        with report.stages.time("write"):
+            report.wrote(
+                await runtime.replace_window(
+                    job.wh, job.name, frame, start=window.start, end=window.end, codes=codes
+                )
+            )
+        if report.preview is None:
+            report.preview = frame.head(runtime.PREVIEW_ROWS)
+
+    expected = len(universe) * window.days
+    async with runtime.bulk_load_if_large(job.wh, job.name, window, expected) as bulk:
+        with report.stages.time("fetch"):
+            result = await fetch_daily_bars(
+                job.pool,
+                universe,
+                window.start,
+                window.end,
+                label=f"p0.{job.name}",
+                batch_size=job.batch_size,
+                on_batch=write,
+            )
+    report.stages.add("fetch", -report.stages.seconds.get("write", 0.0))
+    report.requested, report.server_requests = result.requested, result.server_requests
+    report.failures = result.failures
+    report.extra["index_management"] = bulk
+    report.extra["kline_requests_per_code"] = round(
+        result.server_requests / max(1, result.requested), 3
+    )
+    await job.record_state(
+        ok=[c for c in universe if c not in result.failures], failures=result.failures
+    )
+    missing = await missing_bars(job, "raw_k_daily")
+    report.extra["listed_codes_missing_bars"] = len(missing)
+    report.extra["missing_bars"] = runtime.markdown_table(missing, rows=20)
+    if len(missing):
+        job.log.warning(
+            f"[{job.name}] {len(missing)} (code, day) listed as trading have no bar, e.g. "
+            + ", ".join(f"{r.code} {r.trade_date:%Y-%m-%d}" for r in missing.head(5).itertuples())
+        )
+    _fail_if_mostly_failed(job, result.requested, result.failures)
+    return report
+
+
+MISSING_BARS_SQL = """
+SELECT a.trade_date, a.code
+FROM raw_all_stock a
+JOIN raw_stock_basic b ON b.code = a.code AND b.security_type = 1
+LEFT JOIN {bars} k ON k.code = a.code AND k.trade_date = a.trade_date
+WHERE a.trade_date BETWEEN $1 AND $2 AND a.trade_status AND k.code IS NULL
+ORDER BY a.trade_date, a.code
+"""
+
+
+async def missing_bars(job: RawJob, bars_table: str) -> pd.DataFrame:
+    """(trade_date, code) of stocks query_all_stock listed as trading without a bar."""
+    window = job.window_required
+    rows = await job.wh.copy_pool.fetch(
+        MISSING_BARS_SQL.format(bars=bars_table), window.start, window.end
+    )
+    return pd.DataFrame(
+        {
+            "trade_date": pd.to_datetime([r["trade_date"] for r in rows]),
+            "code": [r["code"] for r in rows],
+        }
+    )
+
+
+# -- adjust factors ------------------------------------------------------------------------------
+
+LAST_CLOSE_SQL = """
+SELECT c.code, k.close
+FROM unnest($1::text[]) AS c(code)
+CROSS JOIN LATERAL (
+    SELECT close FROM raw_k_daily
+    WHERE code = c.code AND trade_date < $2 AND close IS NOT NULL
+    ORDER BY trade_date DESC LIMIT 1
+) k
+"""
+
+
+async def sync_adjust_factor(job: RawJob) -> runtime.Report:
+    """Back-adjust factors, fetched only for codes whose factor can have changed.
+
+    A code's factor list is known complete through its sync_state date. A window that follows
+    on from that date needs no request for the code unless its bars show an ex-right (pre_close
+    differs from the previous close; see compute.daily.ex_right_codes); codes never fetched, or
+    with a gap between their state and the window, get their whole factor history (one
+    request, a few dozen rows).
+    """
+    report, window = job.report, job.window_required
+    bars_codes = await job.wh.copy_pool.fetch(
+        "SELECT DISTINCT code FROM raw_k_daily WHERE trade_date BETWEEN $1 AND $2",
+        window.start,
+        window.end,
+    )
+    universe = sorted(r["code"] for r in bars_codes)
+    plan = await _plan_factor_fetch(job, universe)
+    requests = {
+        code: {
+            "code": code,
+            "start_date": _iso(FACTOR_HISTORY_START),
+            "end_date": _iso(window.end),
+        }
+        for code in plan.fetch
+    }
+    with report.stages.time("fetch"):
+        result = await fetch_many(
+            job.pool,
+            "query_adjust_factor",
+            requests,
+            label=f"p0.{job.name}",
+            batch_size=job.batch_size,
+        )
+    report.requested, report.server_requests = result.requested, result.server_requests
+    report.failures = result.failures
+    with report.stages.time("write"):
+        if not result.frame.empty:
+            report.wrote(await runtime.upsert(job.wh, job.name, result.frame))
+        fetched = [c for c in plan.fetch if c not in result.failures]
+        await job.record_state(ok=[*fetched, *plan.verified], failures=result.failures)
+    report.preview = result.frame
+    report.extra.update(
+        {
+            "codes_in_window": len(universe),
+            "codes_verified_without_request": len(plan.verified),
+            "codes_fetched_first_time_or_after_gap": len(plan.unknown),
+            "codes_fetched_for_ex_right": len(plan.ex_right),
+            "requests_per_code": round(result.server_requests / max(1, len(universe)), 4),
+        }
+    )
+    _fail_if_mostly_failed(job, result.requested, result.failures)
+    return report
+
+
+class _FactorPlan:
+    def __init__(self, unknown: list[str], ex_right: list[str], verified: list[str]):
+        self.unknown, self.ex_right, self.verified = unknown, ex_right, verified
+        self.fetch = sorted({*unknown, *ex_right})
+
+
+async def _plan_factor_fetch(job: RawJob, universe: list[str]) -> _FactorPlan:
+    window = job.window_required
+    known = await runtime.read_sync_dates(job.wh, job.name, universe)
+    day_before = job.calendar.previous_session(window.start) or window.start
+    done = {c for c in universe if known.get(c) is not None and known[c] >= window.end}
+    follows = [
+        c for c in universe if c not in done and known.get(c) is not None and known[c] >= day_before
+    ]
+    unknown = [c for c in universe if c not in done and c not in set(follows)]
+    if not follows:
+        return _FactorPlan(unknown, [], [])
+    bars = await job.read_frame(
+        "raw_k_daily",
+        "SELECT code, trade_date, pre_close, close FROM raw_k_daily "
+        "WHERE code = ANY($1::text[]) AND trade_date BETWEEN $2 AND $3",
+        follows,
+        window.start,
+        window.end,
+    )
+    last_close = {
+        r["code"]: r["close"]
+        for r in await job.wh.copy_pool.fetch(LAST_CLOSE_SQL, follows, window.start)
+    }
+    changed = ex_right_codes(bars, last_close)
+    ex_right = sorted(c for c in follows if c in changed)
+    verified = sorted(c for c in follows if c not in changed)
+    return _FactorPlan(unknown, ex_right, verified)
+
+
+P0_SYNCS: dict[str, RawSync] = {
+    "raw_trade_dates": RawSync(sync_trade_dates, partitioned=False),
+    "raw_stock_basic": RawSync(sync_stock_basic, partitioned=False),
+    "raw_all_stock": RawSync(sync_all_stock, partitioned=True, per_code=False),
+    "raw_k_daily": RawSync(
+        sync_k_daily, partitioned=True, deps=("raw_all_stock", "raw_stock_basic")
+    ),
+    "raw_adjust_factor": RawSync(sync_adjust_factor, partitioned=True, deps=("raw_k_daily",)),
+}
+
+
+@dg.asset_check(
+    asset="raw_trade_dates",
+    blocking=True,
+    description="BaoStock's calendar agrees with the bundled XSHG calendar (exchange_calendars) "
+    "on every day both know.",
+)
+async def raw_trade_dates_calendar_agreement_check(
+    warehouse: WarehouseResource,
+) -> dg.AssetCheckResult:
+    async with warehouse.open() as wh:
+        days = await runtime.read_frame(
+            wh,
+            "raw_trade_dates",
+            "SELECT calendar_date, is_trading_day FROM raw_trade_dates ORDER BY calendar_date",
+        )
+    bundled = trading_calendar.bundled_calendar()
+    dates = [d.date() for d in days["calendar_date"]]
+    flags = days["is_trading_day"].fillna(False).astype(bool).tolist()
+    differ = trading_calendar.disagreements(bundled, dates, flags)
+    overlap = sum(1 for d in dates if d <= bundled.last_day)
+    metadata: dict[str, Any] = {
+        "days_compared": overlap,
+        "disagreements": len(differ),
+        "bundled_calendar": f"exchange_calendars {bundled.version}, through {bundled.last_day}",
+        "baostock_calendar_through": str(max(dates)) if dates else "",
+    }
+    if differ:
+        metadata["examples"] = [str(d) for d in differ[:20]]
+    return dg.AssetCheckResult(
+        passed=not differ and overlap > 0,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
+        description=None
+        if not differ
+        else f"{len(differ)} days differ between BaoStock and exchange_calendars: one of them "
+        "is wrong; the partitions follow exchange_calendars up to its end",
+    )
+
+
+P0_CHECKS = [raw_trade_dates_calendar_agreement_check]
