@@ -3,7 +3,9 @@
 Used when STOCK_PIPELINE_DATABASE_URL is unset. `start()` attaches to a server already running on
 the same data directory instead of starting a second one; a file lock makes two processes starting
 at once take turns; `stop()` shuts the server down cleanly and keeps the data. The server listens
-on 127.0.0.1 only, on a port chosen at first start and kept in `<root>/port`.
+on 127.0.0.1 only, on a port chosen at first start and kept in `<root>/port`. A first start
+interrupted at any point (even between initdb and writing the settings) is redone or finished by
+the next one.
 """
 
 from __future__ import annotations
