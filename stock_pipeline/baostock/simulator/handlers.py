@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from .. import apis
-from . import macro, reports
+from . import macro, reports, text
 from . import protocol as p
 from .market import Market
 
@@ -33,10 +33,22 @@ class ApiError(Exception):
 
 @dataclass
 class Result:
-    """All rows of a query plus what the response echoes after the record JSON."""
+    """All rows of a query plus what the response echoes after the record JSON.
 
-    rows: list[list[str]]
+    K-line rows stay a text.Table (their JSON built with NumPy); other rows are lists.
+    """
+
+    rows: list[list[str]] | text.Table
     echo: list[str]  # request parameters echoed back, then the field list (see each parser)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def records_json(self, lo: int = 0, hi: int | None = None) -> str:
+        """The {"record":[...]} text of rows [lo, hi)."""
+        if isinstance(self.rows, text.Table):
+            return self.rows.records_json(lo, hi)
+        return p.records_json(self.rows[lo:hi])
 
 
 Handler = Callable[[Market, tuple[str, ...]], Result]
@@ -88,15 +100,12 @@ def trade_dates(market: Market, params: tuple[str, ...]) -> Result:
 def all_stock(market: Market, params: tuple[str, ...]) -> Result:
     day_text = param(params, 0)
     day = parse_date(day_text) if day_text else market.end
-    rows: list[list[str]] = []
     # Like BaoStock, a day without trading (holiday, or past the market's "today") is empty.
     if market.start <= day <= market.end and market.is_trading_day(day):
-        codes = [c for c in market.index_codes() if market.listings[c].ipo <= day]
-        codes += market.codes(day)
-        for code in sorted(codes):
-            status = "1" if market.is_traded(code, day) else "0"
-            rows.append([code, status, market.listings[code].name])
-    return Result(rows, [day_text, fields_csv("query_all_stock")])
+        table = market.all_stock_table(day)
+    else:
+        table = text.Table([])
+    return Result(table, [day_text, fields_csv("query_all_stock")])
 
 
 def stock_basic(market: Market, params: tuple[str, ...]) -> Result:
@@ -150,13 +159,13 @@ def history_k(market: Market, params: tuple[str, ...]) -> Result:
     # Indexes are never adjusted: every adjustflag serves the same levels, echoing the flag.
     flag = "3" if is_index else adjustflag
     if frequency == "d":
-        cols = market.daily_columns(code, lo, hi, flag, names)
+        cols = market.daily_text(code, lo, hi, flag, names)
     else:
-        cols = market.period_columns(code, lo, hi, frequency, flag)
+        cols = market.period_text(code, lo, hi, frequency, flag)
     if is_index and "adjustflag" in cols:
-        cols["adjustflag"] = [adjustflag] * len(cols["adjustflag"])
-    rows = [list(r) for r in zip(*(cols[n] for n in names), strict=True)]
-    return Result(rows, [code_text, fields_text, start, end, frequency, adjustflag])
+        cols["adjustflag"] = text.constant(adjustflag, cols["adjustflag"].n)
+    table = text.Table([cols[n] for n in names])
+    return Result(table, [code_text, fields_text, start, end, frequency, adjustflag])
 
 
 def adjust_factor(market: Market, params: tuple[str, ...]) -> Result:
@@ -174,11 +183,11 @@ def daily_all_stocks(market: Market, params: tuple[str, ...]) -> Result:
     """query_daily_history_k_AStock: one day, every stock, all daily fields, not paged."""
     day = parse_date(param(params, 0))
     names = [f.name for f in apis.K_DAILY_FIELDS]
-    rows: list[list[str]] = []
+    tables = []
     for code in market.codes(day):
-        cols = market.daily_columns(code, day, day, "3")
-        rows.extend(list(r) for r in zip(*(cols[n] for n in names), strict=True))
-    return Result(rows, [",".join(names)])
+        cols = market.daily_text(code, day, day, "3")
+        tables.append(text.Table([cols[n] for n in names]))
+    return Result(text.Table.concat(tables), [",".join(names)])
 
 
 def daily_adjust_factors(market: Market, params: tuple[str, ...]) -> Result:
@@ -305,8 +314,8 @@ def money_supply_month(market: Market, params: tuple[str, ...]) -> Result:
 
 def money_supply_year(market: Market, params: tuple[str, ...]) -> Result:
     texts = param(params, 0), param(params, 1)
-    for text, code in zip(texts, (p.START_DATE_ERROR, p.END_DATE_ERROR), strict=True):
-        if text and not (text.isdigit() and len(text) == 4):
+    for value, code in zip(texts, (p.START_DATE_ERROR, p.END_DATE_ERROR), strict=True):
+        if value and not (value.isdigit() and len(value) == 4):
             raise ApiError(code)
     lo = int(texts[0]) if texts[0] else 0
     hi = int(texts[1]) if texts[1] else 9999

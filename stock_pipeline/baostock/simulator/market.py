@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..apis import INDEX_CODES, K_DAILY_FIELDS, K_PERIOD_FIELDS
+from . import text
 from .calendar import is_trading_day, open_flags, trading_day_array
 from .fundamentals import (
     REPORT_ID_BASE as _REPORT_ID_BASE,
@@ -258,6 +259,20 @@ class _IndexSeries:
     amount: np.ndarray
 
 
+@dataclass
+class _StatusBook:
+    """Per code (all codes, sorted): listing span, and where its traded flags sit in `traded`."""
+
+    ipo: np.ndarray  # ordinal of the first listed day
+    out: np.ndarray  # ordinal of the delisting day (date.max when listed for good)
+    is_index: np.ndarray
+    first: np.ndarray  # grid index of the first bar (stocks)
+    last: np.ndarray
+    offset: np.ndarray  # start of the stock's flags in `traded`
+    traded: np.ndarray  # every stock's _Profile.traded, concatenated
+    table: text.Table  # query_all_stock rows of every code: code, a status placeholder, name
+
+
 class _Lru:
     """A small thread-safe LRU map (the server thread and tests share one Market)."""
 
@@ -305,6 +320,7 @@ class Market:
         self.grid = trading_day_array(start, end)
         self.grid_dates: list[date] = [d.item() for d in self.grid]
         self.grid_strs: list[str] = [d.isoformat() for d in self.grid_dates]
+        self._grid_text = text.strings(self.grid_strs)
         self._grid_ord = np.array([d.toordinal() for d in self.grid_dates], dtype=np.int64)
         self._grid_month = np.array([d.year * 12 + d.month for d in self.grid_dates])
         self._market_log = self._build_market_factor()
@@ -328,6 +344,7 @@ class Market:
         self._valuation_tables = _Lru(cache_size)
         self._member_cache: dict[tuple[str, date], list[str]] = {}
         self._report_tables: dict[str, np.ndarray] = {}
+        self._status: _StatusBook | None = None
 
     # ----- calendar -----------------------------------------------------------------------------
 
@@ -434,6 +451,64 @@ class Market:
 
     def listing(self, code: str) -> Listing | None:
         return self.listings.get(code)
+
+    def all_stock_table(self, day: date) -> text.Table:
+        """query_all_stock's rows on a trading day of the window: every code listed that day
+        (indexes too), sorted, with its trade status (is_traded) and name."""
+        book = self._status_book()
+        i = self.grid_index(day)
+        if i is None:
+            return text.Table([])
+        o = day.toordinal()
+        rows = np.flatnonzero((book.ipo <= o) & (book.out > o))
+        inside = (book.first[rows] <= i) & (i <= book.last[rows])
+        at = np.where(inside, book.offset[rows] + i - book.first[rows], 0)
+        traded = book.is_index[rows] | (inside & book.traded[at])
+        table = book.table.select(rows)
+        table.put(1, text.flags(traded))
+        return table
+
+    def _status_book(self) -> _StatusBook:
+        """Every code's listing span and per-day trade status in flat arrays (built once)."""
+        if self._status is not None:
+            return self._status
+        with self._lock:
+            if self._status is None:
+                self._status = self._build_status_book()
+        return self._status
+
+    def _build_status_book(self) -> _StatusBook:
+        codes = sorted(self.listings)
+        n = len(codes)
+        first, last = np.zeros(n, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+        offset = np.zeros(n, dtype=np.int64)
+        traded: list[np.ndarray] = []
+        size = 0
+        for j, code in enumerate(codes):
+            prof = self._profile(code)
+            if prof is None:  # an index: traded whenever listed
+                continue
+            first[j], last[j], offset[j] = prof.first, prof.last, size
+            traded.append(prof.traded)
+            size += len(prof.traded)
+        listings = [self.listings[c] for c in codes]
+        table = text.Table(
+            [
+                text.strings(codes),
+                text.flags(np.zeros(n, dtype=bool)),
+                text.strings([lst.name for lst in listings]),
+            ]
+        )
+        return _StatusBook(
+            ipo=np.array([lst.ipo.toordinal() for lst in listings], dtype=np.int64),
+            out=np.array([(lst.out or date.max).toordinal() for lst in listings], dtype=np.int64),
+            is_index=np.array([lst.is_index for lst in listings]),
+            first=first,
+            last=last,
+            offset=offset,
+            traded=np.concatenate([*traded, np.zeros(1, dtype=bool)]),
+            table=table,
+        )
 
     def is_traded(self, code: str, day: date) -> bool:
         """True if `code` has a bar with trading (tradestatus 1) on `day`."""
@@ -822,56 +897,67 @@ class Market:
 
         `fields` limits the work to those columns (default: all 18 daily fields).
         """
+        cols = self.daily_text(code, start, end, adjustflag, fields)
+        return {name: text.to_strings(col) for name, col in cols.items()}
+
+    def daily_text(
+        self,
+        code: str,
+        start: date,
+        end: date,
+        adjustflag: str = "3",
+        fields: Sequence[str] | None = None,
+    ) -> dict[str, text.Column]:
+        """`daily_columns` as text columns (see text.py): what the server encodes from."""
         names = list(fields) if fields is not None else _DAILY_FIELDS
         lst = self.listings.get(code)
         if lst is not None and lst.is_index:
-            cols = self._index_columns(code, start, end)
+            cols = self._index_text(code, start, end)
             return {name: cols[name] for name in names}
         series = self._series_of(code)
         prof = self._profile(code)
         lo, hi = self._grid_range(start, end)
         if series is None or prof is None:
-            return {name: [] for name in names}
+            return {name: _NO_TEXT for name in names}
         lo, hi = max(lo, prof.first), min(hi, prof.last + 1)
         if hi <= lo:
-            return {name: [] for name in names}
+            return {name: _NO_TEXT for name in names}
         k = np.arange(lo - prof.first, hi - prof.first)
         valuation = any(name in _VALUATION_FIELDS for name in names)
         num = self._bar_numbers(code, prof, series, k, adjustflag, valuation=valuation)
-        traded = prof.traded[k].tolist()
+        traded = prof.traded[k]
+        suspended = ~traded
         n = len(k)
 
-        def fmt(key: str, spec: str) -> list[str]:
+        def fmt(key: str, decimals: int) -> text.Column:
             if key not in num:
-                return [""] * n
-            values = num[key].tolist()
-            return [format(v, spec) if t else "" for v, t in zip(values, traded, strict=True)]
+                return text.constant("", n)
+            return text.blank(text.fixed(num[key], decimals), suspended)
 
-        def price(key: str) -> list[str]:
+        def price(key: str) -> text.Column:
             if adjustflag != "3":
-                return fmt(key, ".4f")
-            values = num[key].tolist()
-            return [cents_str(v) if t else "" for v, t in zip(values, traded, strict=True)]
+                return fmt(key, 4)
+            return text.blank(text.cents(num[key]), suspended)
 
-        makers: dict[str, Callable[[], list[str]]] = {
-            "date": lambda: self.grid_strs[lo:hi],
-            "code": lambda: [code] * n,
+        makers: dict[str, Callable[[], text.Column]] = {
+            "date": lambda: text.take(self._grid_text, slice(lo, hi)),
+            "code": lambda: text.constant(code, n),
             "open": lambda: price("open"),
             "high": lambda: price("high"),
             "low": lambda: price("low"),
             "close": lambda: price("close"),
             "preclose": lambda: price("preclose"),
-            "volume": lambda: fmt("volume", "d"),
-            "amount": lambda: fmt("amount", ".4f"),
-            "adjustflag": lambda: [adjustflag] * n,
-            "turn": lambda: fmt("turn", ".6f"),
-            "tradestatus": lambda: ["1" if t else "0" for t in traded],
-            "pctChg": lambda: fmt("pct", ".6f"),
-            "peTTM": lambda: fmt("pe", ".6f"),
-            "pbMRQ": lambda: fmt("pb", ".6f"),
-            "psTTM": lambda: fmt("ps", ".6f"),
-            "pcfNcfTTM": lambda: fmt("pcf", ".6f"),
-            "isST": lambda: ["1" if s else "0" for s in prof.st[k].tolist()],
+            "volume": lambda: text.blank(text.integers(num["volume"]), suspended),
+            "amount": lambda: fmt("amount", 4),
+            "adjustflag": lambda: text.constant(adjustflag, n),
+            "turn": lambda: fmt("turn", 6),
+            "tradestatus": lambda: text.flags(traded),
+            "pctChg": lambda: fmt("pct", 6),
+            "peTTM": lambda: fmt("pe", 6),
+            "pbMRQ": lambda: fmt("pb", 6),
+            "psTTM": lambda: fmt("ps", 6),
+            "pcfNcfTTM": lambda: fmt("pcf", 6),
+            "isST": lambda: text.flags(prof.st[k]),
         }
         return {name: makers[name]() for name in names}
 
@@ -883,8 +969,15 @@ class Market:
         A bar is dated on its last trading day; pctChg chains the daily changes, so it is the
         same whatever the adjustment; turn sums the daily turnover.
         """
+        cols = self.period_text(code, start, end, frequency, adjustflag)
+        return {name: text.to_strings(col) for name, col in cols.items()}
+
+    def period_text(
+        self, code: str, start: date, end: date, frequency: str, adjustflag: str = "3"
+    ) -> dict[str, text.Column]:
+        """`period_columns` as text columns (see text.py)."""
         lst = self.listings.get(code)
-        empty: dict[str, list[str]] = {f: [] for f in _PERIOD_FIELDS}
+        empty = {f: _NO_TEXT for f in _PERIOD_FIELDS}
         lo, hi = self._grid_range(start, end)
         if lst is None:
             return empty
@@ -935,27 +1028,25 @@ class Market:
         }
         n = len(starts)
 
-        def price(values: np.ndarray) -> list[str]:
-            if cents:
-                return [cents_str(v) for v in values.tolist()]
-            return [f"{v:.4f}" for v in values.tolist()]
+        def price(values: np.ndarray) -> text.Column:
+            return text.cents(values) if cents else text.fixed(values, 4)
 
         if lst.is_index:
-            turn = [""] * n
+            turn = text.constant("", n)
         else:
-            turn = [f"{v:.6f}" for v in np.add.reduceat(num["turn"], starts).tolist()]
+            turn = text.fixed(np.add.reduceat(num["turn"], starts), 6)
         return {
-            "date": [self.grid_strs[i] for i in g[ends].tolist()],
-            "code": [code] * n,
+            "date": text.take(self._grid_text, g[ends]),
+            "code": text.constant(code, n),
             "open": price(out["open"]),
             "high": price(out["high"]),
             "low": price(out["low"]),
             "close": price(out["close"]),
-            "volume": [str(v) for v in out["volume"].tolist()],
-            "amount": [f"{v:.4f}" for v in out["amount"].tolist()],
-            "adjustflag": [adjustflag] * n,
+            "volume": text.integers(out["volume"]),
+            "amount": text.fixed(out["amount"], 4),
+            "adjustflag": text.constant(adjustflag, n),
             "turn": turn,
-            "pctChg": [f"{v:.6f}" for v in out["pct"].tolist()],
+            "pctChg": text.fixed(out["pct"], 6),
         }
 
     def _bar_numbers(
@@ -1065,40 +1156,37 @@ class Market:
 
     # ----- indexes ------------------------------------------------------------------------------
 
-    def _index_columns(self, code: str, start: date, end: date) -> dict[str, list[str]]:
+    def _index_text(self, code: str, start: date, end: date) -> dict[str, text.Column]:
         idx = self.index_series(code)
         lo, hi = self._grid_range(start, end)
         lo = max(lo, idx.first)
         if hi <= lo:
-            return {f: [] for f in _DAILY_FIELDS}
+            return {f: _NO_TEXT for f in _DAILY_FIELDS}
         s = slice(lo - idx.first, hi - idx.first)
         close = idx.close[s]
         pre_all = np.concatenate([[idx.close[0]], idx.close[:-1]])
         pre = pre_all[s]
         n = hi - lo
-
-        def f4(a: np.ndarray) -> list[str]:
-            return [f"{v:.4f}" for v in a.tolist()]
-
+        empty = text.constant("", n)
         return {
-            "date": self.grid_strs[lo:hi],
-            "code": [code] * n,
-            "open": f4(idx.open[s]),
-            "high": f4(idx.high[s]),
-            "low": f4(idx.low[s]),
-            "close": f4(close),
-            "preclose": f4(pre),
-            "volume": [str(int(v)) for v in idx.volume[s].tolist()],
-            "amount": f4(idx.amount[s]),
-            "adjustflag": ["3"] * n,
-            "turn": [""] * n,
-            "tradestatus": ["1"] * n,
-            "pctChg": [f"{v:.6f}" for v in ((close / pre - 1) * 100).tolist()],
-            "peTTM": [""] * n,
-            "pbMRQ": [""] * n,
-            "psTTM": [""] * n,
-            "pcfNcfTTM": [""] * n,
-            "isST": ["0"] * n,
+            "date": text.take(self._grid_text, slice(lo, hi)),
+            "code": text.constant(code, n),
+            "open": text.fixed(idx.open[s], 4),
+            "high": text.fixed(idx.high[s], 4),
+            "low": text.fixed(idx.low[s], 4),
+            "close": text.fixed(close, 4),
+            "preclose": text.fixed(pre, 4),
+            "volume": text.integers(idx.volume[s]),
+            "amount": text.fixed(idx.amount[s], 4),
+            "adjustflag": text.constant("3", n),
+            "turn": empty,
+            "tradestatus": text.constant("1", n),
+            "pctChg": text.fixed((close / pre - 1) * 100, 6),
+            "peTTM": empty,
+            "pbMRQ": empty,
+            "psTTM": empty,
+            "pcfNcfTTM": empty,
+            "isST": text.constant("0", n),
         }
 
     def rebalance_dates(self) -> list[date]:
@@ -1235,6 +1323,7 @@ class Market:
 _PERIOD_FIELDS = [f.name for f in K_PERIOD_FIELDS]
 _VALUATION_FIELDS = frozenset({"peTTM", "pbMRQ", "psTTM", "pcfNcfTTM"})
 _DAILY_FIELDS = [f.name for f in K_DAILY_FIELDS]
+_NO_TEXT = text.strings([])  # a column of no values
 
 
 def _ttm_table(fund: Fundamentals) -> dict[str, np.ndarray]:

@@ -152,7 +152,8 @@ def encode_response(msg_type: str, body: Sequence[str]) -> bytes:
     if msg_type in COMPRESSED_TYPES:
         crc = zlib.crc32(text.encode())
         # The client drops the last character of the decompressed text: the CRC absorbs it.
-        payload = zlib.compress((text + SPLIT + str(crc)).encode(), 6)
+        # Level 1: the client only decompresses, and level 6 cost 5x the CPU for 20% fewer bytes.
+        payload = zlib.compress((text + SPLIT + str(crc)).encode(), 1)
         return header(msg_type, len(payload)).encode() + payload + TERMINATOR
     head_body = header(msg_type, len(text)) + text
     crc = zlib.crc32(head_body.encode())

@@ -21,7 +21,7 @@ from datetime import date
 from typing import Any
 
 from . import protocol as p
-from .handlers import HANDLERS, UNPAGED, ApiError, Result
+from .handlers import HANDLERS, UNPAGED, ApiError, Handler, Result
 from .market import DEFAULT_END, DEFAULT_START, Market
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ class SimulatorStats:
     errors: Counter = field(default_factory=Counter)  # replies by error code
     active_connections: int = 0
     total_connections: int = 0
+    reused_results: int = 0  # pages cut from the connection's previous result, not recomputed
 
     @property
     def total_requests(self) -> int:
@@ -133,6 +134,7 @@ class SimulatorStats:
                     Counter(self.errors),
                     self.active_connections,
                     self.total_connections,
+                    self.reused_results,
                 )
             except RuntimeError:
                 continue
@@ -334,19 +336,12 @@ class _Protocol:
         try:
             if paged:
                 page, per_page = _paging(req)
-            result: Result = handler(self.market, params)
+            result = self._result(handler, method, params, session)
         except ApiError as exc:
             return self._error_body(exc.code, req, exc.message)
         if not paged:
-            return [
-                p.SUCCESS,
-                "success",
-                method,
-                req.user_id,
-                p.records_json(result.rows),
-                *result.echo,
-            ]
-        rows = result.rows[(page - 1) * per_page : page * per_page]
+            return [p.SUCCESS, "success", method, req.user_id, result.records_json(), *result.echo]
+        record = result.records_json((page - 1) * per_page, page * per_page)
         return [
             p.SUCCESS,
             "success",
@@ -354,9 +349,24 @@ class _Protocol:
             req.user_id,
             str(page),
             str(per_page),
-            p.records_json(rows),
+            record,
             *result.echo,
         ]
+
+    def _result(
+        self, handler: Handler, method: str, params: tuple[str, ...], session: dict[str, Any]
+    ) -> Result:
+        """The handler's result, reused while a connection pages through the same query (the
+        client asks for page 2 with the same parameters: computing it again would triple the
+        cost of a 3-page query_all_stock)."""
+        key = (method, params)
+        cached = session.get("last_result")
+        if cached is not None and cached[0] == key:
+            self.stats.reused_results += 1
+            return cached[1]
+        result = handler(self.market, params)
+        session["last_result"] = (key, result)
+        return result
 
     def _corrupt(self, req: Request, body: list[str], fault: str) -> list[str]:
         """Damage one row of a successful reply (a row with a missing field or a bad number)."""

@@ -1,0 +1,232 @@
+"""Whole columns of numbers to BaoStock's text with NumPy, and rows to JSON without a Python
+object per value (pure).
+
+Formatting a k-line value by value in Python costs more than generating it. Here a `Column`
+is a row of pieces per value: uint8 matrices (one row per value) and constants shared by every
+row, with NUL (0) as filler anywhere: dropping the NULs gives the text. `Table` lays the pieces
+of every column side by side in one matrix and drops the NULs once for a whole page. The text
+is byte for byte what `format(value, spec)` gives: `fixed` hands the few values it cannot
+decide exactly (near a rounding tie, huge, NaN) to `format` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+_NUL, _SEP = 0, 1
+_POW10 = 10 ** np.arange(19, dtype=np.int64)  # 10**0 .. 10**18, all exact in int64
+_EXACT_LIMIT = 2.0**52  # scaled values below this are exact integers in float64
+# "0000" .. "9999" as uint32 (their 4 ASCII bytes): one gather turns 4 digits into text.
+_FOUR_DIGITS = np.array([f"{i:04d}".encode() for i in range(10_000)]).view(np.uint32)
+
+Piece = np.ndarray | bytes  # (n, width) uint8, or the same bytes in every row
+
+
+@dataclass(frozen=True)
+class Column:
+    """n strings as pieces laid side by side; rows in `empty` are the empty string."""
+
+    n: int
+    pieces: tuple[Piece, ...]
+    empty: np.ndarray | None = None  # bool per row
+
+    @property
+    def width(self) -> int:
+        return sum(len(p) if isinstance(p, bytes) else p.shape[1] for p in self.pieces)
+
+
+def _digits(q: np.ndarray, width: int | None = None) -> np.ndarray:
+    """Non-negative int64s as decimal digits, most significant first, right-aligned.
+
+    With `width`, every row has exactly that many digits (zero-padded, q < 10**width);
+    without, leading zeros are NUL.
+    """
+    pad = width is not None
+    if width is None:
+        width = len(str(int(q.max()))) if len(q) else 1
+    chunks = (width + 3) // 4
+    out = np.empty((len(q), chunks), dtype=np.uint32)
+    rest = q
+    for j in range(chunks - 1, 0, -1):
+        rest, low = np.divmod(rest, 10_000)
+        out[:, j] = _FOUR_DIGITS[low]
+    out[:, 0] = _FOUR_DIGITS[rest]
+    digits = out.view(np.uint8)[:, 4 * chunks - width :]
+    if not pad and width > 1:
+        shown = np.searchsorted(_POW10[1:width], q, side="right") + 1
+        digits = digits * (np.arange(width) >= (width - shown)[:, None])
+    return digits
+
+
+def _sign(negative: np.ndarray) -> tuple[Piece, ...]:
+    return ((negative * np.uint8(ord("-")))[:, None],) if negative.any() else ()
+
+
+def integers(values: np.ndarray) -> Column:
+    """Like format(v, "d") for each (float values are truncated toward zero, like int())."""
+    v = np.asarray(values).astype(np.int64)
+    return Column(len(v), (*_sign(v < 0), _digits(np.abs(v))))
+
+
+def fixed(values: np.ndarray, decimals: int) -> Column:
+    """Like format(v, f".{decimals}f") for each float, exactly (1 <= decimals <= 15)."""
+    v = np.asarray(values, dtype=np.float64)
+    y = np.abs(v) * float(_POW10[decimals])
+    # format() rounds the exact binary value; y is off from it by at most |y| * 2**-53, so
+    # rint(y) agrees unless y lies that close to a tie. Those, NaN, inf and huge values go
+    # to format() (the comparisons are False for NaN, which selects it too).
+    with np.errstate(invalid="ignore"):
+        tie_distance = np.abs(y - np.floor(y) - 0.5)
+        fast = (y < _EXACT_LIMIT) & (tie_distance > y * 2.0**-50)
+    m = np.where(fast, np.rint(y), 0.0).astype(np.int64)
+    whole, frac = np.divmod(m, _POW10[decimals])
+    pieces = (*_sign(np.signbit(v)), _digits(whole), b".", _digits(frac, decimals))
+    slow = np.flatnonzero(~fast)
+    if len(slow):
+        spec = f".{decimals}f"
+        pieces = _replace_rows(len(v), pieces, slow, [format(float(v[i]), spec) for i in slow])
+    return Column(len(v), pieces)
+
+
+def cents(values: np.ndarray) -> Column:
+    """Integer cents as BaoStock prints prices: 1056 -> "10.5600" (like market.cents_str)."""
+    whole, frac = np.divmod(np.asarray(values).astype(np.int64), 100)  # floor, as in Python
+    n = len(whole)
+    frac_text = _FOUR_DIGITS[frac * 100].view(np.uint8).reshape(n, 4)  # "rr00"
+    return Column(n, (*_sign(whole < 0), _digits(np.abs(whole)), b".", frac_text))
+
+
+def strings(values: Sequence[str]) -> Column:
+    """Any strings (UTF-8), one row each."""
+    encoded = np.array([s.encode() for s in values], dtype=bytes)
+    if len(encoded) == 0:
+        return Column(0, ())
+    matrix = encoded.view(np.uint8).reshape(len(values), encoded.dtype.itemsize)
+    return Column(len(values), (matrix,))
+
+
+def constant(text: str, n: int) -> Column:
+    """The same string in each of n rows."""
+    return Column(n, (text.encode(),) if text else ())
+
+
+def flags(values: np.ndarray) -> Column:
+    """Booleans as "1" / "0"."""
+    return Column(len(values), ((np.asarray(values, dtype=np.uint8) + ord("0"))[:, None],))
+
+
+def take(column: Column, rows: np.ndarray | slice) -> Column:
+    """The column's values at `rows` (indices or a slice)."""
+    pieces = tuple(p if isinstance(p, bytes) else p[rows] for p in column.pieces)
+    empty = None if column.empty is None else column.empty[rows]
+    n = len(range(column.n)[rows]) if isinstance(rows, slice) else len(rows)
+    return Column(n, pieces, empty)
+
+
+def blank(column: Column, rows: np.ndarray) -> Column:
+    """The column with `rows` (a bool mask) shown as the empty string."""
+    empty = rows if column.empty is None else column.empty | rows
+    return Column(column.n, column.pieces, empty)
+
+
+def _replace_rows(
+    n: int, pieces: tuple[Piece, ...], rows: np.ndarray, texts: list[str]
+) -> tuple[Piece, ...]:
+    """Pieces whose `rows` read `texts` instead (the other rows unchanged)."""
+    matrix = _assemble(n, [Column(n, pieces)])
+    encoded = [t.encode() for t in texts]
+    width = max(matrix.shape[1], max(len(e) for e in encoded))
+    out = np.zeros((n, width), dtype=np.uint8)
+    out[:, : matrix.shape[1]] = matrix
+    for i, data in zip(rows.tolist(), encoded, strict=True):
+        out[i] = _NUL
+        out[i, : len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return (out,)
+
+
+def _assemble(n: int, columns: Sequence[Column | bytes]) -> np.ndarray:
+    """One matrix holding the columns (and constant separators) side by side."""
+    width = sum(len(c) if isinstance(c, bytes) else c.width for c in columns)
+    out = np.empty((n, width), dtype=np.uint8)
+    pos = 0
+    for item in columns:
+        start = pos
+        for piece in (item,) if isinstance(item, bytes) else item.pieces:
+            if isinstance(piece, bytes):
+                out[:, pos : pos + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+                pos += len(piece)
+            else:
+                out[:, pos : pos + piece.shape[1]] = piece
+                pos += piece.shape[1]
+        if isinstance(item, Column) and item.empty is not None and item.empty.any():
+            out[np.flatnonzero(item.empty), start:pos] = _NUL
+    return out
+
+
+def _text(matrix: np.ndarray) -> str:
+    flat = matrix.ravel()
+    return flat[flat != _NUL].tobytes().decode()
+
+
+def to_strings(column: Column) -> list[str]:
+    """The column's values as Python strings."""
+    if column.n == 0:
+        return []
+    return _text(_assemble(column.n, [column, bytes([_SEP])])).split(chr(_SEP))[:-1]
+
+
+class Table:
+    """Rows of string fields kept as one matrix of their JSON text ('["a","b"],' per row).
+
+    Values must need no JSON escaping (numbers, dates, codes, names: no quotes, backslashes or
+    control characters), which is what the simulator's k-line fields are.
+    """
+
+    def __init__(self, columns: Sequence[Column]) -> None:
+        n = columns[0].n if columns else 0
+        items: list[Column | bytes] = []
+        self.spans: list[tuple[int, int]] = []  # each column's bytes in a row
+        pos = 0
+        for i, column in enumerate(columns):
+            separator = b'","' if i else b'["'
+            items += [separator, column]
+            pos += len(separator)
+            self.spans.append((pos, pos + column.width))
+            pos += column.width
+        items.append(b'"],')
+        self.matrix = _assemble(n, items) if n else np.zeros((0, 1), dtype=np.uint8)
+
+    def select(self, rows: np.ndarray) -> Table:
+        """A table of the rows at `rows` (a copy)."""
+        out = Table([])
+        out.matrix, out.spans = self.matrix[rows], self.spans
+        return out
+
+    def put(self, index: int, column: Column) -> None:
+        """Overwrite column `index` with values of the same width (in place)."""
+        start, end = self.spans[index]
+        if column.width != end - start:
+            raise ValueError(f"column {index} is {end - start} bytes wide, got {column.width}")
+        self.matrix[:, start:end] = _assemble(len(self.matrix), [column])
+
+    @classmethod
+    def concat(cls, tables: Sequence[Table]) -> Table:
+        """The rows of `tables`, one after the other."""
+        out = cls([])
+        if tables:
+            width = max(t.matrix.shape[1] for t in tables)
+            out.matrix = np.vstack(
+                [np.pad(t.matrix, ((0, 0), (0, width - t.matrix.shape[1]))) for t in tables]
+            )
+        return out
+
+    def __len__(self) -> int:
+        return len(self.matrix)
+
+    def records_json(self, lo: int = 0, hi: int | None = None) -> str:
+        """The {"record":[[...]]} text of rows [lo, hi), as protocol.records_json writes it."""
+        rows = _text(self.matrix[lo:hi])[:-1]  # no comma after the last row
+        return '{"record":[' + rows + "]}"
