@@ -10,9 +10,8 @@ import datetime as dt
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ENV_PREFIX = "STOCK_PIPELINE_"
 
@@ -84,6 +83,17 @@ class Settings:
     bulk_load_min_days: int = 120
 
     log_level: str = "INFO"
+
+    def __repr__(self) -> str:
+        """The dataclass repr with the URLs' passwords masked (repr=False fields left out)."""
+        shown = []
+        for spec in fields(self):
+            if spec.repr:
+                value = getattr(self, spec.name)
+                if spec.name in ("database_url", "redis_url") and value is not None:
+                    value = redact_url(value)
+                shown.append(f"{spec.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -243,13 +253,21 @@ class _EnvReader:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***: safe for logs, errors and metadata."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0] + ":***"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[1]}"))
+    """The URL, or libpq `key=value` string, with any password replaced by ***: safe for logs,
+    errors and metadata.
+
+    Reads the password as widely as any driver might: up to the last @ (so an unencoded @, /, ?
+    or # in it stays hidden), also in a URL written without // (`postgresql:user:pw@host/db`),
+    and in `password=` query parameters and key=value pairs.
+    """
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:(?://)?", url)
+    if scheme is None:  # libpq key=value: password=secret or password='se cret'
+        return re.sub(
+            r"(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)", r"\1***", url, flags=re.I
+        )
+    head, rest = url[: scheme.end()], url[scheme.end() :]
+    rest = re.sub(r"([?&](?:ssl)?password=)[^&#]*", r"\1***", rest, flags=re.I)
+    userinfo, at, host = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = userinfo.split(":", 1)[0] + ":***@" + host
+    return head + rest

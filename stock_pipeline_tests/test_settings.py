@@ -56,6 +56,63 @@ def test_urls_never_show_passwords():
     assert asyncpg_dsn(url).startswith("postgresql://trader:s3cret@")
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql://trader:s3cret@db.example:5432/m",
+            "postgresql://trader:***@db.example:5432/m",
+        ),
+        ("postgresql:trader:s3cret@db.example/m", "postgresql:trader:***@db.example/m"),
+        ("postgresql://trader:pw@s3cret@db.example/m", "postgresql://trader:***@db.example/m"),
+        ("redis://:s3cret#1@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("redis://:s3/cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("redis://127.0.0.1/0?password=s3cret&db=1", "redis://127.0.0.1/0?password=***&db=1"),
+        ("host=db.example password=s3cret dbname=m", "host=db.example password=*** dbname=m"),
+        (
+            "host=db.example password = 's3 \\'cret' dbname=m",
+            "host=db.example password = *** dbname=m",
+        ),
+        ("postgresql://trader@db.example/m", "postgresql://trader@db.example/m"),
+    ],
+)
+def test_redact_url_reads_the_password_as_widely_as_any_driver(url: str, shown: str):
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "postgresql:trader:s3cret@127.0.0.1/market"),
+        ("DATABASE_URL", "host=127.0.0.1 password=s3cret dbname=market"),
+        ("DATABASE_URL", "mysql://trader:s3cret@127.0.0.1/market"),
+        ("REDIS_URL", "redis:trader:s3cret@127.0.0.1"),
+        ("REDIS_URL", "http://:s3cret@127.0.0.1:6379/0"),
+        ("REDIS_URL", "valkey://127.0.0.1:6379/0?password=s3cret"),
+    ],
+)
+def test_url_errors_mask_the_password(name: str, value: str):
+    with pytest.raises(SettingsError, match=f"STOCK_PIPELINE_{name} must be a URL") as info:
+        Settings.from_env({f"STOCK_PIPELINE_{name}": value})
+    assert "s3cret" not in str(info.value) and "***" in str(info.value)
+
+
+def test_repr_masks_the_url_passwords():
+    settings = Settings.from_env(
+        {
+            "STOCK_PIPELINE_DATABASE_URL": "postgresql://trader:s3cret@db.example/market",
+            "STOCK_PIPELINE_REDIS_URL": "redis://:s3cret@cache.example:6379/0",
+            "STOCK_PIPELINE_BAOSTOCK_PASSWORD": "s3cret",
+        }
+    )
+    shown = repr(settings)
+    assert "database_url='postgresql://trader:***@db.example/market'" in shown
+    assert "redis_url='redis://:***@cache.example:6379/0'" in shown
+    assert "db_pool_size=10" in shown and "baostock_password" not in shown
+    assert "s3cret" not in shown and "s3cret" not in str(settings)
+    assert settings.database_url == "postgresql://trader:s3cret@db.example/market"
+
+
 def test_cli_reports_unreachable_database_without_password(tmp_path: Path):
     done = subprocess.run(
         [sys.executable, "-m", "stock_pipeline.cli", "db", "current"],
