@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from stock_pipeline.settings import Settings
-from stock_pipeline.warehouse.urls import asyncpg_dsn, display_url, sqlalchemy_url
+from stock_pipeline.settings import Settings, SettingsError
+from stock_pipeline.warehouse.urls import (
+    asyncpg_dsn,
+    check_url,
+    describe_error,
+    display_url,
+    sqlalchemy_url,
+)
 
 log = logging.getLogger("stock_pipeline.warehouse")
 
@@ -34,6 +41,10 @@ def warehouse_url(settings: Settings) -> str:
     STOCK_PIPELINE_HOME, started (or attached to) now, with its `stock_pipeline` database.
     """
     if settings.database_url:
+        try:
+            check_url(settings.database_url)
+        except ValueError as exc:
+            raise SettingsError(f"STOCK_PIPELINE_DATABASE_URL: {exc}") from None
         return settings.database_url
     return embedded_postgres(settings).start().ensure_database(WAREHOUSE_DATABASE)
 
@@ -41,23 +52,32 @@ def warehouse_url(settings: Settings) -> str:
 def embedded_postgres(settings: Settings):  # -> EmbeddedPostgres (import kept lazy)
     from stock_pipeline.embedded.postgres import EmbeddedPostgres
 
-    return EmbeddedPostgres(settings.home / "postgres")
+    try:
+        return EmbeddedPostgres(settings.home / "postgres")
+    except OSError as exc:
+        raise unusable_home(settings.home, exc) from exc
+
+
+def unusable_home(home: Path, exc: OSError) -> SettingsError:
+    """STOCK_PIPELINE_HOME cannot hold the embedded servers' data (a file, no permission...)."""
+    problem = (
+        "is a file, not a folder"
+        if home.exists() and not home.is_dir()
+        else f"cannot be used ({exc.strerror or exc})"
+    )
+    return SettingsError(
+        f"STOCK_PIPELINE_HOME={home} {problem}: point it at a folder for the embedded servers' "
+        "data (it is created if missing), or set STOCK_PIPELINE_DATABASE_URL and "
+        "STOCK_PIPELINE_REDIS_URL to servers of your own"
+    )
 
 
 def unreachable(url: str, exc: BaseException) -> WarehouseUnreachable:
     return WarehouseUnreachable(
         f"cannot reach the warehouse database at {display_url(url)}: "
-        f"{type(exc).__name__}: {' '.join(_scrub(str(exc), url).split())}. "
-        "Check that the server runs and "
+        f"{describe_error(exc, url)}. Check that the server runs and "
         "STOCK_PIPELINE_DATABASE_URL is right, or unset it to use the embedded PostgreSQL."
     )
-
-
-def _scrub(message: str, url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    password = make_url(url).password
-    return message.replace(str(password), "***") if password else message
 
 
 def create_engine(url: str, settings: Settings) -> AsyncEngine:
@@ -78,7 +98,8 @@ async def create_copy_pool(url: str, settings: Settings) -> asyncpg.Pool:
             max_size=settings.db_pool_size,
             max_inactive_connection_lifetime=settings.db_pool_recycle_s,
         )
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+    # InterfaceError: asyncpg's ClientConfigurationError, e.g. a bad sslmode in the URL
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise unreachable(url, exc) from None
     assert pool is not None
     return pool
