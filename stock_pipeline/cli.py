@@ -7,23 +7,47 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from stock_pipeline.logs import configure_logging
-from stock_pipeline.settings import Settings, SettingsError
+from stock_pipeline.logs import LEVELS, configure_logging
+from stock_pipeline.settings import Settings, SettingsError, redact_url
 
 log = logging.getLogger("stock_pipeline.cli")
 
 
-def _check_reachable(url: str) -> None:
-    """Fail fast with a readable message instead of a driver traceback."""
+def _postgres_problem(url: str) -> BaseException | None:
+    """Why psycopg2 cannot connect to `url` (None if it can)."""
     import psycopg2
 
-    from stock_pipeline.warehouse.engine import unreachable
     from stock_pipeline.warehouse.urls import asyncpg_dsn
 
     try:
         psycopg2.connect(asyncpg_dsn(url), connect_timeout=10).close()
-    except psycopg2.OperationalError as exc:
-        raise unreachable(url, exc) from None
+    except (psycopg2.Error, ValueError) as exc:  # ValueError: a URL psycopg2 cannot parse
+        return exc
+    return None
+
+
+def _redis_problem(url: str) -> BaseException | None:
+    """Why redis-py cannot reach `url` (None if it can)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=10)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, ValueError, OSError) as exc:  # ValueError: a bad port, db, ...
+        return exc
+    return None
+
+
+def _check_reachable(url: str) -> None:
+    """Fail fast with a readable message instead of a driver traceback."""
+    from stock_pipeline.warehouse.engine import unreachable
+
+    problem = _postgres_problem(url)
+    if problem is not None:
+        raise unreachable(url, problem)
 
 
 def _db(args: argparse.Namespace, settings: Settings) -> int:
@@ -43,18 +67,35 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _services(args: argparse.Namespace, settings: Settings) -> int:
-    from stock_pipeline.embedded.postgres import EmbeddedPostgres
+def _embedded_redis(settings: Settings):  # -> EmbeddedRedis (import kept lazy)
     from stock_pipeline.embedded.redis import EmbeddedRedis
+    from stock_pipeline.warehouse.engine import unusable_home
+
+    try:
+        return EmbeddedRedis(settings.home / "redis")
+    except OSError as exc:
+        raise unusable_home(settings.home, exc) from exc
+
+
+def _services(args: argparse.Namespace, settings: Settings) -> int:
+    from stock_pipeline.warehouse.engine import embedded_postgres
+    from stock_pipeline.warehouse.urls import describe_error
 
     servers = {
-        "postgres": (EmbeddedPostgres(settings.home / "postgres"), settings.database_url),
-        "redis": (EmbeddedRedis(settings.home / "redis"), settings.redis_url),
+        "postgres": ("DATABASE_URL", settings.database_url, embedded_postgres, _postgres_problem),
+        "redis": ("REDIS_URL", settings.redis_url, _embedded_redis, _redis_problem),
     }
-    for name, (server, external_url) in servers.items():
+    for name, (variable, external_url, embedded, problem_of) in servers.items():
         if external_url:
-            print(f"{name}: external (STOCK_PIPELINE_{name.upper()}_URL is set), not managed here")
+            where = f"{name}: external at {redact_url(external_url)} (STOCK_PIPELINE_{variable})"
+            if args.services_command != "status":
+                print(f"{where}, not managed here")
+            elif (problem := problem_of(external_url)) is not None:
+                print(f"{where}, unreachable: {describe_error(problem, external_url)}")
+            else:
+                print(f"{where}, reachable")
             continue
+        server = embedded(settings)
         if args.services_command == "start":
             server.start()
         elif args.services_command == "stop":
@@ -69,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stock-pipeline",
         description="BaoStock A-share market data into PostgreSQL and Redis, run by Dagster.",
     )
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (default: settings)")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LEVELS,
+        help="DEBUG, INFO, WARNING or ERROR (default: STOCK_PIPELINE_LOG_LEVEL, else INFO)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     db = sub.add_parser("db", help="warehouse schema migrations (Alembic)")
@@ -97,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from stock_pipeline.embedded._service import EmbeddedServiceError
     from stock_pipeline.warehouse.engine import WarehouseUnreachable
+    from stock_pipeline.warehouse.migrate import MigrationError
 
     args = build_parser().parse_args(argv)
     try:
@@ -108,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if handler is None:  # subcommands registered by their own module take args only
             return args.func(args) or 0
         return handler(args, settings) or 0
-    except (SettingsError, WarehouseUnreachable, EmbeddedServiceError) as exc:
+    except (SettingsError, WarehouseUnreachable, EmbeddedServiceError, MigrationError) as exc:
         print(f"stock-pipeline: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
