@@ -1,4 +1,4 @@
-"""`stock-pipeline` command line: database migrations, embedded services, the simulator."""
+"""`stock-pipeline` command line: migrations, embedded services, the demo, the simulator."""
 
 from __future__ import annotations
 
@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     services.add_argument("services_command", choices=("start", "stop", "status"))
     services.set_defaults(handler=_services)
 
+    from stock_pipeline.demo import register as register_demo
+
+    register_demo(sub)
     try:
         from stock_pipeline.baostock.simulator.cli import register
     except ImportError:

@@ -1,0 +1,372 @@
+"""`stock-pipeline demo`: the daily core graph, end to end, on this machine.
+
+Starts what is missing (a BaoStock simulator, the embedded PostgreSQL and Redis), migrates the
+warehouse, keeps a Dagster instance under STOCK_PIPELINE_HOME/dagster (so `dagster dev` shows
+these runs later), and materializes the graph through Dagster's own `dagster asset materialize`
+in two runs: the calendar and listings first (the stored calendar may extend the partitions),
+then the trading-day range. Progress comes from the run's event log; a summary ends it. What
+the demo started, it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stock_pipeline.calendar import NotATradingDayError, TradingCalendar, load_calendar
+from stock_pipeline.settings import Settings
+
+DEFAULT_CODES = 500
+DEFAULT_MONTHS = 3
+SIMULATOR_QPS = "2000"  # the simulator is local: BaoStock's politeness limit does not apply
+REFERENCE_ASSETS = ("raw_trade_dates", "raw_stock_basic", "trade_calendar", "stocks")
+DAILY_ASSETS = ("raw_all_stock", "raw_k_daily", "raw_adjust_factor", "stock_daily")
+TABLES = (*REFERENCE_ASSETS[:2], *DAILY_ASSETS[:3], "trade_calendar", "stocks", "stock_daily")
+INSTANCE_YAML = """\
+# Written by `stock-pipeline demo`: the Dagster instance of this STOCK_PIPELINE_HOME.
+telemetry:
+  enabled: false
+python_logs:
+  # The pipeline's own progress lines (batches, retries) go to the run's event log.
+  managed_python_loggers: [stock_pipeline]
+  python_log_level: INFO
+"""
+
+
+class DemoError(Exception):
+    """The demo cannot go on; the message says why and what to do."""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="materialize the daily core graph for a range, offline on a simulator",
+        description=(
+            "Run the daily core graph (P0 raw -> business tables, with checks) through Dagster "
+            "for a range of trading days. By default against a local BaoStock simulator with "
+            f"{DEFAULT_CODES} stocks and the last {DEFAULT_MONTHS} months of its calendar."
+        ),
+    )
+    parser.add_argument("--start", type=dt.date.fromisoformat, help="first trading day")
+    parser.add_argument("--end", type=dt.date.fromisoformat, help="last trading day")
+    parser.add_argument(
+        "--codes", type=int, default=DEFAULT_CODES, help="stocks in the simulator's market"
+    )
+    parser.add_argument("--seed", type=int, default=7, help="the simulator's market")
+    parser.add_argument(
+        "--source",
+        choices=("simulator", "baostock"),
+        default="simulator",
+        help="baostock: the real service (or STOCK_PIPELINE_BAOSTOCK_ENDPOINT), every stock",
+    )
+    parser.set_defaults(func=run)
+
+
+@dataclass
+class Services:
+    """URLs the runs use, and what the demo started (and so stops)."""
+
+    env: dict[str, str]
+    started: list[Any] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _demo(args)
+    except (DemoError, NotATradingDayError) as exc:
+        print(f"stock-pipeline demo: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
+    began = time.monotonic()
+    settings = Settings.from_env()
+    home = settings.home
+    calendar = load_calendar(home)
+    for day, what in ((args.start, "--start"), (args.end, "--end")):
+        if day is not None and day <= calendar.last_day:
+            calendar.require_session(day, what)  # fail before starting anything
+    end = _default_end(calendar, settings) if args.end is None else args.end
+    with contextlib.ExitStack() as stack:
+        services = _start_services(settings, stack)
+        if args.source == "simulator":
+            _start_simulator(args, end, services, stack)
+        else:
+            where = os.environ.get("STOCK_PIPELINE_BAOSTOCK_ENDPOINT") or "the real service"
+            services.notes.append(f"BaoStock: {where}, every listed stock")
+        _migrate(services.env["STOCK_PIPELINE_DATABASE_URL"])
+        services.env["DAGSTER_HOME"] = str(_instance_home(home))
+        for note in services.notes:
+            print(f"demo: {note}")
+        outcome = Outcome()
+        _materialize(services.env, REFERENCE_ASSETS, None, "calendar and listings", outcome)
+        calendar = load_calendar(home)  # the stored BaoStock calendar may extend it now
+        start = args.start or _months_before(calendar, end, DEFAULT_MONTHS)
+        sessions = calendar.require_range(start, end)
+        _materialize(
+            services.env,
+            DAILY_ASSETS,
+            (start, end),
+            f"{start}..{end}, {len(sessions)} trading days",
+            outcome,
+        )
+        _summary(services, outcome, time.monotonic() - began, home)
+    return 0 if outcome.failed == 0 else 1
+
+
+# -- what the runs need -----------------------------------------------------------------------
+
+
+def _default_end(calendar: TradingCalendar, settings: Settings) -> dt.date:
+    """The latest trading day whose partition exists now (Shanghai time)."""
+    from stock_pipeline.assets.partitions import build_trading_day_partitions, partition_day
+
+    last = build_trading_day_partitions(calendar, settings.start_date).get_last_partition_key()
+    if last is None:
+        raise DemoError("no trading day has ended yet since STOCK_PIPELINE_START_DATE")
+    return partition_day(last)
+
+
+def _months_before(calendar: TradingCalendar, end: dt.date, months: int) -> dt.date:
+    year, month = divmod(end.year * 12 + end.month - 1 - months, 12)
+    day = dt.date(year, month + 1, 1) + dt.timedelta(days=end.day)
+    first = calendar.first_session_on_or_after(min(day, end))
+    assert first is not None
+    return first
+
+
+def _start_services(settings: Settings, stack: contextlib.ExitStack) -> Services:
+    from stock_pipeline.embedded.postgres import EmbeddedPostgres
+    from stock_pipeline.embedded.redis import EmbeddedRedis
+    from stock_pipeline.warehouse.engine import WAREHOUSE_DATABASE
+    from stock_pipeline.warehouse.urls import display_url
+
+    env = dict(os.environ)
+    env["STOCK_PIPELINE_HOME"] = str(settings.home)
+    services = Services(env)
+    if settings.database_url:
+        url = settings.database_url
+        services.notes.append(f"warehouse: {display_url(url)} (configured)")
+    else:
+        postgres = EmbeddedPostgres(settings.home / "postgres")
+        _start_embedded(postgres, services, stack)
+        url = postgres.ensure_database(WAREHOUSE_DATABASE)
+        services.notes.append(f"warehouse: embedded PostgreSQL at {display_url(url)}")
+    env["STOCK_PIPELINE_DATABASE_URL"] = url
+    if settings.redis_url:
+        services.notes.append("Redis: configured (the cache comes with the indicators)")
+    else:
+        redis = EmbeddedRedis(settings.home / "redis")
+        _start_embedded(redis, services, stack)
+        env["STOCK_PIPELINE_REDIS_URL"] = redis.url()
+        services.notes.append(
+            f"Redis: embedded at {redis.url()} (ready for the cache that comes with the indicators)"
+        )
+    return services
+
+
+def _start_embedded(server: Any, services: Services, stack: contextlib.ExitStack) -> None:
+    if server.is_running():
+        return
+    server.start()
+    services.started.append(server)
+    stack.callback(server.stop)
+
+
+def _start_simulator(
+    args: argparse.Namespace, end: dt.date, services: Services, stack: contextlib.ExitStack
+) -> None:
+    from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorProcess
+
+    if args.codes < 2:
+        raise DemoError("--codes must be at least 2")
+    config = SimulatorConfig(seed=args.seed, n_codes=args.codes, end=end)
+    simulator = stack.enter_context(SimulatorProcess(config))
+    services.env["STOCK_PIPELINE_BAOSTOCK_ENDPOINT"] = simulator.endpoint
+    services.env.setdefault("STOCK_PIPELINE_BAOSTOCK_QPS", SIMULATOR_QPS)
+    services.notes.append(
+        f"BaoStock: simulator at {simulator.endpoint} ({args.codes} stocks, seed {args.seed}, "
+        f"data through {end})"
+    )
+
+
+def _migrate(url: str) -> None:
+    from stock_pipeline.warehouse import migrate
+
+    migrate.upgrade(url)
+
+
+def _instance_home(home: Path) -> Path:
+    folder = home / "dagster"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "dagster.yaml"
+    if not config.exists():
+        config.write_text(INSTANCE_YAML, encoding="utf-8")
+    return folder
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    runs: list[str] = field(default_factory=list)
+    passed_checks: int = 0
+    failed_checks: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failed_checks)
+
+
+def _materialize(
+    env: dict[str, str],
+    assets: tuple[str, ...],
+    days: tuple[dt.date, dt.date] | None,
+    title: str,
+    outcome: Outcome,
+) -> None:
+    """One `dagster asset materialize` run, followed through the instance's event log."""
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "asset",
+        "materialize",
+        "-m",
+        "stock_pipeline.definitions",
+        "--select",
+        ",".join(assets),
+    ]
+    if days is not None:
+        command += ["--partition-range", f"{days[0]}...{days[1]}"]
+    log_path = Path(env["DAGSTER_HOME"]) / "demo-last-run.log"
+    print(f"demo: run {len(outcome.runs) + 1}: {title}")
+    launched = time.time()
+    with open(log_path, "w", encoding="utf-8") as log, _child(command, env, log) as child:
+        run_id = _follow(child, env["DAGSTER_HOME"], launched, outcome)
+    if child.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        raise DemoError(
+            f"the run failed (exit {child.returncode}); its output is in {log_path}:\n  "
+            + "\n  ".join(tail)
+        )
+    outcome.runs.append(run_id or "?")
+
+
+@contextlib.contextmanager
+def _child(command: list[str], env: dict[str, str], log: Any) -> Iterator[subprocess.Popen]:
+    """The run's process in its own group: Ctrl-C stops it and everything it started."""
+    child = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGINT)
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+
+
+def _follow(
+    child: subprocess.Popen, dagster_home: str, launched: float, outcome: Outcome
+) -> str | None:
+    """Print the run's progress from its event log until the process exits."""
+    from dagster import DagsterInstance
+
+    os.environ["DAGSTER_HOME"] = dagster_home
+    instance = DagsterInstance.get()
+    run_id: str | None = None
+    cursor = None
+    while True:
+        done = child.poll() is not None
+        if run_id is None:
+            newest = instance.get_run_records(limit=1)
+            if newest and newest[0].create_timestamp.timestamp() >= launched - 1:
+                run_id = newest[0].dagster_run.run_id
+        if run_id is not None:
+            records = instance.get_records_for_run(run_id, cursor=cursor, limit=500)
+            for record in records.records:
+                _print_event(record.event_log_entry, outcome)
+            cursor = records.cursor
+            if records.has_more:
+                continue
+        if done:
+            return run_id
+        time.sleep(0.5)
+
+
+def _print_event(entry: Any, outcome: Outcome) -> None:
+    event = entry.dagster_event
+    if event is None:
+        message = entry.user_message or ""
+        if message.startswith("[") and entry.level >= 20:
+            print(f"    {message}")
+        return
+    kind = event.event_type_value
+    step = entry.step_key or ""
+    if kind == "STEP_FAILURE":
+        error = event.step_failure_data.error
+        print(f"  x {step} failed: {error.message.strip() if error else ''}")
+    elif kind == "ASSET_MATERIALIZATION":
+        materialization = event.step_materialization_data.materialization
+        metadata = materialization.metadata
+        rows = metadata.get("dagster/row_count")
+        seconds = metadata.get("seconds_wall")
+        key = materialization.asset_key.to_user_string()
+        rows_text = f"{rows.value:,} rows" if rows is not None else ""
+        time_text = f", {seconds.value:.1f}s" if seconds is not None else ""
+        print(f"  + {key}: {rows_text}{time_text}")
+    elif kind == "ASSET_CHECK_EVALUATION":
+        evaluation = event.event_specific_data
+        name = evaluation.check_name
+        if evaluation.passed:
+            outcome.passed_checks += 1
+            print(f"    check {name}: passed")
+        else:
+            outcome.failed_checks.append(name)
+            print(f"    check {name}: FAILED {evaluation.description or ''}")
+
+
+def _summary(services: Services, outcome: Outcome, seconds: float, home: Path) -> None:
+    import psycopg2
+
+    from stock_pipeline.warehouse.urls import asyncpg_dsn, display_url
+
+    url = services.env["STOCK_PIPELINE_DATABASE_URL"]
+    with psycopg2.connect(asyncpg_dsn(url)) as conn, conn.cursor() as cur:
+        for name in TABLES:
+            cur.execute(f'SELECT count(*) FROM "{name}"')
+            outcome.rows[name] = cur.fetchone()[0]
+    print(f"\ndemo: done in {seconds:.0f}s")
+    width = max(len(n) for n in outcome.rows)
+    for name, count in outcome.rows.items():
+        print(f"  {name:<{width}}  {count:>12,} rows")
+    checks = outcome.passed_checks + outcome.failed
+    print(f"  checks: {outcome.passed_checks}/{checks} passed")
+    for name in outcome.failed_checks:
+        print(f"    failed: {name} (details in the Dagster UI)")
+    print("\nWhere to look next:")
+    if services.started:
+        print("  the demo stopped the embedded servers it started; bring them back with")
+        print("    uv run stock-pipeline services start")
+    print(f"  psql {display_url(url)}")
+    print(f"  DAGSTER_HOME={home / 'dagster'} uv run dagster dev   # these runs, in the UI")

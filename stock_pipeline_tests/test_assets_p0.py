@@ -1,0 +1,330 @@
+"""The daily core graph through Dagster, end to end: simulator -> real baostock client -> pool ->
+raw assets -> ETL -> checks, on real PostgreSQL. Nothing mocked.
+
+Runs go through Dagster's own execution: in process (`execute_in_process`) for most tests, and
+through the `dagster asset materialize` CLI where that is what is being tested.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg2
+import pytest
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorServer
+from stock_pipeline.calendar import load_calendar
+from stock_pipeline.definitions import build_definitions
+from stock_pipeline.settings import Settings
+from stock_pipeline.warehouse import migrate
+
+D = dt.date
+# Dividend season of the simulator (ex-dates from June on): factors change inside the window.
+START, END = D(2024, 6, 24), D(2024, 7, 19)
+SIM = SimulatorConfig(seed=11, n_codes=60, end=D(2025, 3, 31))
+REFERENCE = ["raw_trade_dates", "raw_stock_basic", "trade_calendar", "stocks"]
+DAILY = ["raw_all_stock", "raw_k_daily", "raw_adjust_factor", "stock_daily"]
+# Tables compared by checksum, without bookkeeping columns (fetched_at, updated_at).
+CHECKSUMMED = {
+    "raw_all_stock": "trade_date, code",
+    "raw_k_daily": "code, trade_date",
+    "raw_adjust_factor": "code, divid_operate_date",
+    "stock_daily": "code, trade_date",
+    "stocks": "code",
+    "trade_calendar": "cal_date",
+}
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[SimulatorServer]:
+    with SimulatorServer(SIM) as sim:
+        yield sim
+
+
+def pipeline_env(sim: SimulatorServer, home: Path, dsn: str) -> dict[str, str]:
+    return {
+        "STOCK_PIPELINE_HOME": str(home),
+        "STOCK_PIPELINE_START_DATE": "2024-06-03",
+        "STOCK_PIPELINE_BAOSTOCK_ENDPOINT": sim.endpoint,
+        "STOCK_PIPELINE_DATABASE_URL": dsn,
+        "STOCK_PIPELINE_BAOSTOCK_QPS": "100000",
+        "STOCK_PIPELINE_BAOSTOCK_CONCURRENCY": "4",
+        "STOCK_PIPELINE_BAOSTOCK_REQUEST_TIMEOUT_S": "10",
+        "STOCK_PIPELINE_BAOSTOCK_BACKOFF_BASE_S": "0.05",
+        "STOCK_PIPELINE_BAOSTOCK_BACKOFF_MAX_S": "0.2",
+        "STOCK_PIPELINE_BAOSTOCK_BATCH_SIZE": "25",
+    }
+
+
+class Pipeline:
+    """A warehouse database, a STOCK_PIPELINE_HOME and the definitions built for them."""
+
+    def __init__(self, sim: SimulatorServer, home: Path, dsn: str):
+        self.sim, self.home, self.dsn = sim, home, dsn
+        self.env = pipeline_env(sim, home, dsn)
+
+    def definitions(self) -> dg.Definitions:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in self.env.items():
+                patch.setenv(name, value)
+            return build_definitions(Settings.from_env())
+
+    def materialize(
+        self, assets: list[str], start: D | None = None, end: D | None = None
+    ) -> dg.ExecuteInProcessResult:
+        """One in-process run of `assets` (a partition range when start is given)."""
+        defs = self.definitions()
+        keys = [dg.AssetKey(a) for a in assets]
+        job = defs.get_repository_def().get_implicit_job_def_for_assets(keys)
+        assert job is not None
+        tags = {}
+        if start is not None:
+            tags = {
+                ASSET_PARTITION_RANGE_START_TAG: start.isoformat(),
+                ASSET_PARTITION_RANGE_END_TAG: (end or start).isoformat(),
+            }
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in self.env.items():
+                patch.setenv(name, value)
+            return job.execute_in_process(
+                instance=dg.DagsterInstance.ephemeral(), asset_selection=keys, tags=tags
+            )
+
+    def cli(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        env = {**os.environ, **self.env, **(extra_env or {})}
+        env.pop("DAGSTER_HOME", None)
+        return subprocess.Popen(
+            [sys.executable, "-m", "dagster", "asset", "materialize", "-m",
+             "stock_pipeline.definitions", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def query(self, sql: str, *args: Any) -> list[tuple]:
+        with psycopg2.connect(self.dsn) as conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall()
+
+    def checksums(self) -> dict[str, tuple[int, str]]:
+        out = {}
+        for name, order in CHECKSUMMED.items():
+            columns = self.query(
+                "SELECT string_agg(quote_ident(column_name), ', ' ORDER BY ordinal_position) "
+                "FROM information_schema.columns WHERE table_name = %s "
+                "AND column_name NOT IN ('fetched_at', 'updated_at')",
+                name,
+            )[0][0]
+            out[name] = self.query(
+                f"SELECT count(*), md5(coalesce(string_agg(row({columns})::text, '|' "
+                f"ORDER BY {order}), '')) FROM {name}"
+            )[0]
+        return out
+
+
+@pytest.fixture(scope="module")
+def make_pipeline(
+    simulator: SimulatorServer, make_database: Callable[[], str], tmp_path_factory
+) -> Callable[[], Pipeline]:
+    def make() -> Pipeline:
+        dsn = make_database()
+        migrate.upgrade(dsn)
+        return Pipeline(simulator, tmp_path_factory.mktemp("home"), dsn)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def ranged(make_pipeline: Callable[[], Pipeline]) -> Pipeline:
+    """A warehouse with the reference assets and the whole window as one range run."""
+    pipeline = make_pipeline()
+    assert pipeline.materialize(REFERENCE).success
+    result = pipeline.materialize(DAILY, START, END)
+    assert result.success
+    return pipeline
+
+
+def _materializations(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]:
+    out = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        out[materialization.asset_key.to_user_string()] = {
+            k: getattr(v, "value", v) for k, v in materialization.metadata.items()
+        }
+    return out
+
+
+def _checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+# -- reference data -----------------------------------------------------------------------------
+
+
+def test_reference_assets_match_the_simulator(ranged: Pipeline, simulator: SimulatorServer):
+    market = simulator.market
+    securities = ranged.query(
+        "SELECT count(*), count(*) FILTER (WHERE security_type = 1) FROM stocks"
+    )
+    assert securities[0] == (len(market.listings), len(market.all_codes()))
+    calendar_rows = ranged.query(
+        "SELECT count(*) FILTER (WHERE is_open), min(cal_date) FROM trade_calendar"
+    )[0]
+    assert calendar_rows[1] == D(2024, 6, 3)
+    # The calendar file definitions read was stored, and it reaches past the bundled calendar.
+    stored = load_calendar(ranged.home)
+    assert stored.extended and stored.last_day.year >= 2027
+    assert stored.is_session(START) and not stored.is_session(D(2024, 10, 1))
+    prev = ranged.query("SELECT prev_trade_date FROM trade_calendar WHERE cal_date = '2024-10-08'")
+    assert prev == [(D(2024, 9, 30),)]
+
+
+# -- one range -------------------------------------------------------------------------------
+
+
+def test_range_run_stores_what_the_simulator_served(ranged: Pipeline, simulator: SimulatorServer):
+    market = simulator.market
+    calendar = load_calendar(ranged.home)
+    sessions = calendar.sessions_between(START, END)
+    listed = {c for day in sessions for c in market.codes(day)}
+    stored_codes = {r[0] for r in ranged.query("SELECT DISTINCT code FROM raw_k_daily")}
+    assert stored_codes == listed  # the universe: every stock listed on any day of the range
+    expected_rows = sum(len(market.daily_bars(c, START, END)) for c in listed)
+    assert ranged.query("SELECT count(*) FROM raw_k_daily")[0][0] == expected_rows
+    assert ranged.query("SELECT count(*) FROM stock_daily")[0][0] == expected_rows
+    days = ranged.query("SELECT count(DISTINCT trade_date) FROM raw_all_stock")[0][0]
+    assert days == len(sessions)
+    # Values: every bar of a few codes equals the simulator's, and the back-adjust factor makes
+    # the unadjusted close equal BaoStock's own back-adjusted close.
+    for code in sorted(listed)[:8]:
+        bars = market.daily_bars(code, START, END)
+        hfq = {b["date"]: b["close"] for b in market.daily_bars(code, START, END, "1")}
+        stored = {
+            r[0].isoformat(): r[1:]
+            for r in ranged.query(
+                "SELECT trade_date, close, volume, trade_status, back_adjust_factor "
+                "FROM stock_daily WHERE code = %s",
+                code,
+            )
+        }
+        assert len(stored) == len(bars)
+        for bar in bars:
+            close, volume, status, factor = stored[bar["date"]]
+            assert status == (bar["tradestatus"] == "1")
+            assert close == (float(bar["close"]) if bar["close"] else None)
+            assert volume == (int(bar["volume"]) if bar["volume"] else None)
+            if close is not None:
+                assert close * factor == pytest.approx(float(hfq[bar["date"]]), abs=6e-5)
+
+
+def test_range_run_reports_requests_checks_and_metadata(make_pipeline: Callable[[], Pipeline]):
+    pipeline = make_pipeline()
+    assert pipeline.materialize(REFERENCE).success
+    result = pipeline.materialize(DAILY, START, END)
+    found = _materializations(result)
+    bars = found["raw_k_daily"]
+    assert bars["kline_requests_per_code"] == 1.0  # one k-line request per code, whole range
+    assert bars["keys_failed"] == 0 and bars["listed_codes_missing_bars"] == 0
+    assert bars["dagster/row_count"] > 0 and "preview" in bars
+    assert {"seconds_fetch", "seconds_write", "seconds_wall"} <= set(bars)
+    assert found["stock_daily"]["dagster/row_count"] == bars["dagster/row_count"]
+    checks = _checks(result)
+    assert checks and all(checks.values()), checks
+    assert {
+        "stock_daily_coverage_check",
+        "stock_daily_ohlc_sanity_check",
+        "stock_daily_key_uniqueness_check",
+        "stock_daily_raw_reconciliation_check",
+        "stock_daily_adjust_factor_check",
+    } <= set(checks)
+    logged = pipeline.query("SELECT dataset, status, codes_failed FROM fetch_log ORDER BY id")
+    assert ("raw_k_daily", "ok", 0) in logged
+
+
+def test_same_range_twice_changes_nothing(ranged: Pipeline):
+    before = ranged.checksums()
+    assert ranged.materialize(DAILY, START, END).success
+    assert ranged.checksums() == before
+
+
+def test_range_equals_the_days_run_one_by_one(
+    ranged: Pipeline, make_pipeline: Callable[[], Pipeline], simulator: SimulatorServer
+):
+    daily = make_pipeline()
+    assert daily.materialize(REFERENCE).success
+    factor_requests = []
+    for day in load_calendar(daily.home).sessions_between(START, END):
+        result = daily.materialize(DAILY, day)
+        assert result.success, day
+        factor_requests.append(_materializations(result)["raw_adjust_factor"])
+    assert daily.checksums() == ranged.checksums()
+    # After the first day, factors are only asked for codes whose bars show an ex-right.
+    later = factor_requests[1:]
+    ex_right = sum(m["codes_fetched_for_ex_right"] for m in later)
+    assert ex_right > 0  # the window holds ex-dates
+    assert sum(m["keys_requested"] for m in later) <= ex_right + sum(
+        m["codes_fetched_first_time_or_after_gap"] for m in later
+    )
+    assert max(m["requests_per_code"] for m in later) < 0.5
+
+
+# -- calendar edges --------------------------------------------------------------------------
+
+
+def test_holidays_have_no_partition(ranged: Pipeline):
+    partitions = ranged.definitions().get_assets_def("stock_daily").partitions_def
+    keys = set(partitions.get_partition_keys(current_time=dt.datetime(2024, 10, 31)))
+    assert "2024-10-01" not in keys and "2024-10-08" in keys and "2024-10-05" not in keys
+
+
+def test_a_range_ending_on_a_holiday_gets_the_nearest_trading_days(
+    ranged: Pipeline, capsys: pytest.CaptureFixture[str]
+):
+    from stock_pipeline.cli import main
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in ranged.env.items():
+            patch.setenv(name, value)
+        code = main(["demo", "--start", "2024-09-23", "--end", "2024-10-01"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "2024-10-01 is not a trading day" in error
+    assert "nearest trading days are 2024-09-30 and 2024-10-08" in error
+
+
+# -- through the CLI -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dagster_cli_materializes_one_partition_and_a_range(
+    make_pipeline: Callable[[], Pipeline], simulator: SimulatorServer
+):
+    pipeline = make_pipeline()
+    one = pipeline.cli("--select", "group:p0 or group:etl", "--partition", "2024-07-01")
+    out, _ = one.communicate(timeout=600)
+    assert one.returncode == 0, out[-3000:]
+    listed = len(simulator.market.codes(D(2024, 7, 1)))
+    assert pipeline.query("SELECT count(*) FROM stock_daily WHERE trade_date = '2024-07-01'") == [
+        (listed,)
+    ]
+    rng = pipeline.cli(
+        "--select", "group:p0 or group:etl", "--partition-range", "2024-07-02...2024-07-05"
+    )
+    out, _ = rng.communicate(timeout=600)
+    assert rng.returncode == 0, out[-3000:]
+    assert pipeline.query(
+        "SELECT count(DISTINCT trade_date) FROM stock_daily WHERE trade_date > '2024-07-01'"
+    ) == [(4,)]
