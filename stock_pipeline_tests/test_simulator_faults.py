@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from datetime import date
 
 import baostock
 import pytest
@@ -42,6 +43,10 @@ def k_request(code: str, day: str = "2024-03-01") -> tuple[str, list[str]]:
 
 def second_request_fails(ctx: FaultContext) -> str | None:
     return "error" if ctx.request_number == 2 else None
+
+
+def second_request_is_empty(ctx: FaultContext) -> str | None:
+    return "empty" if ctx.request_number == 2 else None
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +102,35 @@ def test_malformed_rows() -> None:
             assert (
                 check(rows) and sum(len(r) == 3 and "N/A" not in r for r in rows) == len(rows) - 1
             )
+
+
+def test_empty_reply_for_a_targeted_code_through_the_client() -> None:
+    config = SimulatorConfig(**SMALL, fault_codes={"sh.600000": "empty"})
+    with SimulatorServer(config) as sim:
+        point_client_at(sim.host, sim.port)
+        assert baostock.login().error_code == "0"
+        try:
+            assert sim.market.is_traded("sh.600000", date(2024, 1, 2))
+            empty = baostock.query_history_k_data_plus(
+                "sh.600000", "date,close", "2024-01-02", "2024-01-05"
+            )
+            assert empty.error_code == "0" and empty.fields == ["date", "close"]
+            assert not empty.next()
+            factors = baostock.query_adjust_factor("sh.600000", "2010-01-01", "2026-12-31")
+            assert factors.error_code == "0" and not factors.next()
+            other = baostock.query_history_k_data_plus(
+                "sz.000001", "date,close", "2024-01-02", "2024-01-05"
+            )
+            assert other.error_code == "0" and other.next()
+        finally:
+            baostock.logout()
+        assert sim.stats.faults["empty"] == 2
+    with SimulatorServer(SimulatorConfig(**SMALL, fault_hook=second_request_is_empty)) as sim:
+        code = code_for(sim, 1)
+        replies = exchange((sim.host, sim.port), [LOGIN, k_request(code), k_request(code)])
+        records = [json.loads(body[6])["record"] for _, body in replies[1:]]
+        assert [body[0] for _, body in replies] == ["0", "0", "0"]
+        assert records[0] == [] and len(records[1]) == 1
 
 
 def test_dropped_connection_is_seen_as_eof() -> None:
@@ -217,8 +251,9 @@ def test_slow_fault_adds_a_latency_spike() -> None:
 
 
 def test_cli_serves_until_sigterm() -> None:
+    command = [sys.executable, "-m", "stock_pipeline.cli", "simulator", "--port", "0"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stock_pipeline.cli", "simulator", "--port", "0", "--n-codes", "60"],
+        [*command, "--n-codes", "60", "--fault-code", "sz.000001=empty"],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -230,7 +265,9 @@ def test_cli_serves_until_sigterm() -> None:
         endpoint = line.split("listening on ")[1].split()[0]
         host, port = endpoint.rsplit(":", 1)
         replies = exchange((host, int(port)), [LOGIN, k_request("sh.600000")])
-        assert replies[1][1][0] == "0"
+        assert replies[1][1][0] == "0" and json.loads(replies[1][1][6])["record"]
+        replies = exchange((host, int(port)), [LOGIN, k_request("sz.000001")])
+        assert replies[1][1][0] == "0" and json.loads(replies[1][1][6])["record"] == []
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:

@@ -14,8 +14,10 @@ Faults (all off by default; randomness from a seeded RNG): rates `drop_rate`, `s
 `error_rate` (TRANSIENT_ERROR_CODE), `blacklist_rate` (BLACKLIST_ERROR_CODE, message has 黑名单),
 `malformed_rate`, `slow_rate` (+spike_ms), plus `latency_ms`/`jitter_ms` on every request and
 `max_rps` (RATE_LIMIT_ERROR_CODE). Deterministic targeting: `fault_codes={"sh.600000": "drop"}`
-hits every request about that code; `fault_hook(FaultContext) -> kind | None` sees method, code,
-params, connection id and per-connection request number (must be picklable for a process).
+hits every request about that code (kinds: FAULT_KINDS; "empty" is a successful reply without
+rows, as BaoStock sometimes sends for a code it lists as trading); `fault_hook(FaultContext) ->
+kind | None` sees method, code, params, connection id and per-connection request number (must
+be picklable for a process).
 Logins never get random faults unless `fault_login=True`. Login fails (10001002) for users in
 `bad_users` ({"baduser"}); any other user/password works.
 
@@ -38,6 +40,7 @@ from .server import (
     FAULT_BAD_VALUE,
     FAULT_BLACKLIST,
     FAULT_DROP,
+    FAULT_EMPTY,
     FAULT_ERROR,
     FAULT_KINDS,
     FAULT_MALFORMED,
@@ -48,6 +51,7 @@ from .server import (
     SimulatorConfig,
     SimulatorProcess,
     SimulatorServer,
+    SimulatorStartError,
     SimulatorStats,
 )
 
@@ -58,6 +62,7 @@ __all__ = [
     "FAULT_BAD_VALUE",
     "FAULT_BLACKLIST",
     "FAULT_DROP",
+    "FAULT_EMPTY",
     "FAULT_ERROR",
     "FAULT_KINDS",
     "FAULT_MALFORMED",
@@ -77,5 +82,6 @@ __all__ = [
     "SimulatorConfig",
     "SimulatorProcess",
     "SimulatorServer",
+    "SimulatorStartError",
     "SimulatorStats",
 ]

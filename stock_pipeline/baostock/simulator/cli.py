@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 from datetime import date
 from typing import Any
 
-from .server import FAULT_KINDS, SimulatorConfig, SimulatorServer
+from .server import FAULT_KINDS, SimulatorConfig, SimulatorServer, SimulatorStartError
 
 log = logging.getLogger("stock_pipeline.simulator")
 
@@ -55,7 +56,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     for item in args.fault_code:
         code, sep, kind = item.partition("=")
         if not sep:
-            raise SystemExit(f"--fault-code {item!r}: expected CODE=KIND, e.g. sh.600000=drop")
+            raise ValueError(f"--fault-code {item!r}: expected CODE=KIND, e.g. sh.600000=empty")
         fault_codes[code.strip().lower()] = kind.strip()
     return SimulatorConfig(
         seed=args.seed,
@@ -78,9 +79,17 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM; logs one line with the endpoint once listening."""
-    config = config_from_args(args)
-    server = SimulatorServer(config, host=args.host, port=args.port)
+    """Serve until SIGINT/SIGTERM; logs one line with the endpoint once listening.
+
+    Exit code 2 with one line on stderr when the configuration is invalid or the address
+    cannot be bound (port taken, unknown host).
+    """
+    try:
+        config = config_from_args(args)
+        server = SimulatorServer(config, host=args.host, port=args.port)  # builds the market
+    except ValueError as exc:  # a fault kind, rate, window or universe size out of range
+        print(f"stock-pipeline: error: {exc}", file=sys.stderr)
+        return 2
 
     def stop(signum: int, _frame: object) -> None:
         log.info("[simulator] signal %d: stopping", signum)
@@ -100,7 +109,11 @@ def run(args: argparse.Namespace) -> int:
             config.latency_ms,
         )
 
-    server.serve_forever(on_ready=ready)
+    try:
+        server.serve_forever(on_ready=ready)
+    except SimulatorStartError as exc:
+        print(f"stock-pipeline: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

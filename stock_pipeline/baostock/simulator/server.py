@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import multiprocessing
 import os
 import random
+import socket
 import threading
 import time
 from collections import Counter, deque
@@ -35,6 +37,8 @@ FAULT_MALFORMED = "malformed"  # one row loses a field or gets a non-numeric val
 FAULT_MISSING_FIELD = "missing_field"  # one row loses its last field
 FAULT_BAD_VALUE = "bad_value"  # one row gets a non-numeric value in a numeric field
 FAULT_SLOW = "slow"  # add spike_ms of latency
+# A successful reply without rows, as BaoStock sometimes sends for a code it lists as trading.
+FAULT_EMPTY = "empty"
 FAULT_KINDS = frozenset(
     {
         FAULT_DROP,
@@ -45,6 +49,7 @@ FAULT_KINDS = frozenset(
         FAULT_MISSING_FIELD,
         FAULT_BAD_VALUE,
         FAULT_SLOW,
+        FAULT_EMPTY,
     }
 )
 BAD_VALUE = "N/A"  # what a bad_value fault puts in a numeric field
@@ -259,7 +264,7 @@ class _Protocol:
             await self._send(writer, response_type, body)
             return True
 
-        body = self._answer(req, session)
+        body = self._answer(req, session, empty=fault == FAULT_EMPTY)
         if (
             fault in (FAULT_MALFORMED, FAULT_MISSING_FIELD, FAULT_BAD_VALUE)
             and body[0] == p.SUCCESS
@@ -313,8 +318,8 @@ class _Protocol:
             draw -= rate
         return None
 
-    def _answer(self, req: Request, session: dict[str, Any]) -> list[str]:
-        """The response body of a request (success or error)."""
+    def _answer(self, req: Request, session: dict[str, Any], empty: bool = False) -> list[str]:
+        """The response body of a request (success or error); `empty`: a success has no rows."""
         method = req.method
         if method == "login":
             user, password = req.body[1:2], req.body[2:3]
@@ -339,9 +344,14 @@ class _Protocol:
             result = self._result(handler, method, params, session)
         except ApiError as exc:
             return self._error_body(exc.code, req, exc.message)
+        if empty:
+            record = result.records_json(0, 0)
+        elif paged:
+            record = result.records_json((page - 1) * per_page, page * per_page)
+        else:
+            record = result.records_json()
         if not paged:
-            return [p.SUCCESS, "success", method, req.user_id, result.records_json(), *result.echo]
-        record = result.records_json((page - 1) * per_page, page * per_page)
+            return [p.SUCCESS, "success", method, req.user_id, record, *result.echo]
         return [
             p.SUCCESS,
             "success",
@@ -464,6 +474,7 @@ class SimulatorServer:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._stop_event: asyncio.Event | None = None
+        self._stop_requested = threading.Event()
 
     @property
     def endpoint(self) -> str:
@@ -481,18 +492,26 @@ class SimulatorServer:
         self.stop()
 
     def start(self) -> None:
-        """Start serving on a daemon thread; returns once the port is bound."""
+        """Start serving on a daemon thread; returns once the port is bound.
+
+        Raises SimulatorStartError when the address cannot be bound (port taken, unknown host).
+        """
+        self._stop_requested.clear()
         self._thread = threading.Thread(target=self._run, name="baostock-simulator", daemon=True)
         self._thread.start()
         timeout = 900 if self.config.prewarm else 30
         self._ready.wait(timeout)
+        if isinstance(self._error, SimulatorStartError):
+            raise self._error
         if self._error is not None:
             raise RuntimeError(f"simulator failed to start on {self.endpoint}") from self._error
         if not self._ready.is_set():
             raise RuntimeError(f"simulator did not start on {self.endpoint} within {timeout} s")
 
     def stop(self) -> None:
-        """Stop serving (callable from any thread); joins the background thread if any."""
+        """Stop serving (callable from any thread, even before serving began); joins the
+        background thread if any."""
+        self._stop_requested.set()
         if self._loop is not None and self._stop_event is not None:
             with contextlib.suppress(RuntimeError):  # loop already closed
                 self._loop.call_soon_threadsafe(self._stop_event.set)
@@ -508,35 +527,34 @@ class SimulatorServer:
             self._ready.set()
 
     def serve_forever(self, on_ready: Callable[[SimulatorServer], None] | None = None) -> None:
-        """Serve in the calling thread until `stop()` (from another thread) or cancellation."""
+        """Serve in the calling thread until `stop()` (from another thread or a signal handler).
 
-        async def main() -> None:
-            task = asyncio.create_task(self._serve())
-            await asyncio.get_running_loop().run_in_executor(None, self._ready.wait)
+        Raises SimulatorStartError at once when the address cannot be bound.
+        """
+        asyncio.run(self._serve(on_ready))
+
+    async def _serve(self, on_ready: Callable[[SimulatorServer], None] | None = None) -> None:
+        self._stop_event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._protocol = _Protocol(self.config, self.market)
+        # Bind before prewarming, so a taken port or a bad host fails in milliseconds.
+        server = await self._bind()
+        self.port = server.sockets[0].getsockname()[1]
+        try:
+            if self.config.prewarm:
+                started = time.monotonic()
+                self.market.prewarm()
+                log.info(
+                    "[simulator] prewarmed %d codes in %.1fs",
+                    self.market.n_codes,
+                    time.monotonic() - started,
+                )
+            if self._stop_requested.is_set():
+                return
+            await server.start_serving()
+            self._ready.set()
             if on_ready is not None:
                 on_ready(self)
-            await task
-
-        asyncio.run(main())
-
-    async def _serve(self) -> None:
-        if self.config.prewarm:
-            started = time.monotonic()
-            self.market.prewarm()
-            log.info(
-                "[simulator] prewarmed %d codes in %.1fs",
-                self.market.n_codes,
-                time.monotonic() - started,
-            )
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
-        self._protocol = _Protocol(self.config, self.market)
-        server = await asyncio.start_server(
-            self._protocol.handle_connection, self.host, self.port, limit=1 << 20, backlog=512
-        )
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
             await self._stop_event.wait()
         finally:
             server.close()
@@ -547,9 +565,54 @@ class SimulatorServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
 
+    async def _bind(self) -> asyncio.Server:
+        """The listening socket (not yet accepting), or SimulatorStartError saying what to do."""
+        assert self._protocol is not None
+        try:
+            return await asyncio.start_server(
+                self._protocol.handle_connection,
+                self.host,
+                self.port,
+                limit=1 << 20,
+                backlog=512,
+                start_serving=False,
+            )
+        except OSError as exc:
+            raise SimulatorStartError(bind_problem(self.host, self.port, exc)) from exc
+
+
+class SimulatorStartError(RuntimeError):
+    """The simulator cannot listen where it was asked to (the message says what to do)."""
+
+
+def bind_problem(host: str, port: int, exc: OSError) -> str:
+    """One line: why (host, port) cannot be listened on, and what to do about it."""
+    if isinstance(exc, socket.gaierror):
+        return (
+            f"simulator host {host!r} cannot be resolved ({exc.strerror or exc}); "
+            "use an IP address or a name of this machine, e.g. 127.0.0.1"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"simulator port {port} on {host} is already in use; stop whatever listens there "
+            "or choose another port (0 picks a free one)"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"simulator host {host!r} is not an address of this machine; "
+            "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"simulator port {port} on {host} needs privileges; choose a port above 1023 "
+            "(0 picks a free one)"
+        )
+    return f"simulator cannot listen on {host}:{port} ({exc.strerror or exc})"
+
 
 def _child_main(config: SimulatorConfig, host: str, port: int, conn: Any) -> None:
-    """Entry point of SimulatorProcess: serve, report the port, die with the parent."""
+    """Entry point of SimulatorProcess: serve, report the port (or why not), die with the
+    parent."""
     server = SimulatorServer(config, host, port)
 
     def watch_parent() -> None:
@@ -558,7 +621,10 @@ def _child_main(config: SimulatorConfig, host: str, port: int, conn: Any) -> Non
         os._exit(0)
 
     threading.Thread(target=watch_parent, daemon=True).start()
-    server.serve_forever(on_ready=lambda s: conn.send(s.port))
+    try:
+        server.serve_forever(on_ready=lambda s: conn.send(("ready", s.port)))
+    except SimulatorStartError as exc:
+        conn.send(("error", str(exc)))
 
 
 class SimulatorProcess:
@@ -608,10 +674,14 @@ class SimulatorProcess:
         try:
             if not parent_conn.poll(timeout):
                 raise TimeoutError(f"simulator process did not start within {timeout} s")
-            self.port = parent_conn.recv()
+            status, detail = parent_conn.recv()
         except (TimeoutError, EOFError) as exc:
             self.stop()
             raise RuntimeError(f"simulator process failed to start: {exc!r}") from exc
+        if status == "error":
+            self.stop()
+            raise SimulatorStartError(detail)
+        self.port = detail
 
     def stop(self) -> None:
         if self._process is None:
