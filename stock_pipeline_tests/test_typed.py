@@ -14,6 +14,7 @@ from stock_pipeline.baostock.typed import (
     empty_frame,
     to_frame,
     to_frame_by_key,
+    to_frame_or_reason,
 )
 
 KLINE = "query_history_k_data_plus"
@@ -113,6 +114,24 @@ def test_by_key_rejects_only_the_rows_of_the_bad_code() -> None:
         "2024-01-06",
         "2024-01-08",
     ]
+
+
+def test_one_request_converts_or_says_why() -> None:
+    """The worker's conversion: a frame, or no rows at all and the reason (never NULLs)."""
+    frame, reason = to_frame_or_reason(KLINE, FIELDS, [TRADED, SUSPENDED])
+    assert reason is None and frame is not None
+    pd.testing.assert_frame_equal(frame, to_frame(KLINE, FIELDS, [TRADED, SUSPENDED]))
+    bad = list(TRADED)
+    bad[FIELDS.index("close")] = "abc"
+    cases = {
+        "malformed value": ([TRADED, bad], FIELDS, "close='abc'"),
+        "ragged row": ([TRADED, TRADED[:-1]], FIELDS, "do not have 18 values"),
+        "unknown field": ([["2024-01-05", "1.0"]], ["date", "vwap"], "does not describe"),
+    }
+    for name, (rows, fields, expected) in cases.items():
+        frame, reason = to_frame_or_reason(KLINE, fields, rows)
+        assert frame is None and reason is not None, name
+        assert expected in reason and KLINE in reason, (name, reason)
 
 
 def test_row_width_and_unknown_fields_are_errors() -> None:

@@ -14,7 +14,8 @@ numpy/pandas, never value by value in Python:
 A value that does not parse ("abc" in a float field, "2024-13-01" as a date, "1.5" in an int
 field, "nan"/"inf" sent as text) is never turned into NULL: `to_frame` raises
 MalformedValueError naming api, code, field and value; `to_frame_by_key` drops the rows of the
-affected codes and returns the reason per code, for batch fetches that report failures per code.
+affected codes and returns the reason per code, for batch fetches that report failures per code;
+`to_frame_or_reason` does the same for the rows of one request (what a pool worker converts).
 """
 
 from __future__ import annotations
@@ -224,11 +225,31 @@ def to_frame_by_key(
     by_key: dict[str, list[BadValue]] = {}
     for problem in problems:
         by_key.setdefault(problem.key, []).append(problem)
-    reasons = {
-        key: f"malformed values from {spec.name} (not stored as NULL): "
-        + ", ".join(f"{p.field}={p.value!r}" for p in bad[:5])
-        + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        for key, bad in by_key.items()
-    }
+    reasons = {key: _reason(spec.name, bad) for key, bad in by_key.items()}
     rejected = np.isin(np.asarray(keys, dtype=object), list(reasons))
     return frame.loc[~rejected].reset_index(drop=True), reasons
+
+
+def to_frame_or_reason(
+    api: str | Api, fields: Sequence[str], rows: Sequence[Sequence[str]]
+) -> tuple[pd.DataFrame, None] | tuple[None, str]:
+    """The rows of one request as a typed frame, or None and why not.
+
+    The one-key form of `to_frame_by_key`: a malformed value rejects every row of the request
+    (never NULL), and so do a row of the wrong width and a field the catalog does not describe.
+    """
+    spec = _as_api(api)
+    try:
+        columns, _, problems = _convert(spec, fields, rows, None)
+    except MalformedValueError as exc:  # unknown field or ragged rows
+        return None, str(exc)
+    if problems:
+        return None, _reason(spec.name, problems)
+    return pd.DataFrame(columns, copy=False), None
+
+
+def _reason(api_name: str, problems: Sequence[BadValue]) -> str:
+    """Why one key's rows were rejected: the first few bad values."""
+    shown = ", ".join(f"{p.field}={p.value!r}" for p in problems[:5])
+    more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+    return f"malformed values from {api_name} (not stored as NULL): {shown}{more}"
