@@ -446,8 +446,8 @@ class Market:
     def codes(self, day: date) -> list[str]:
         """Stocks listed on `day` (IPO done, not yet delisted), sorted."""
         o = day.toordinal()
-        mask = (self._ipo_ord <= o) & (self._out_ord > o)
-        return [c for c, m in zip(self._stock_codes, mask, strict=True) if m]
+        listed = np.flatnonzero((self._ipo_ord <= o) & (self._out_ord > o))
+        return [self._stock_codes[i] for i in listed.tolist()]
 
     def listing(self, code: str) -> Listing | None:
         return self.listings.get(code)

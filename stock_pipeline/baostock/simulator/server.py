@@ -56,6 +56,10 @@ BAD_VALUE = "N/A"  # what a bad_value fault puts in a numeric field
 _SILENT = object()  # handle_line outcome: never answer this connection again
 
 
+class SimulatorStartError(RuntimeError):
+    """The simulator cannot listen where it was asked to (the message says what to do)."""
+
+
 @dataclass(frozen=True)
 class FaultContext:
     """What a fault hook sees of a request."""
@@ -450,6 +454,31 @@ def _is_number(text: str) -> bool:
     return "-" not in text[1:]  # dates are not numbers
 
 
+def _bind_problem(host: str, port: int, exc: OSError) -> str:
+    """One line: why (host, port) cannot be listened on, and what to do about it."""
+    if isinstance(exc, socket.gaierror):
+        return (
+            f"simulator host {host!r} cannot be resolved ({exc.strerror or exc}); "
+            "use an IP address or a name of this machine, e.g. 127.0.0.1"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"simulator port {port} on {host} is already in use; stop whatever listens there "
+            "or choose another port (0 picks a free one)"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"simulator host {host!r} is not an address of this machine; "
+            "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"simulator port {port} on {host} needs privileges; choose a port above 1023 "
+            "(0 picks a free one)"
+        )
+    return f"simulator cannot listen on {host}:{port} ({exc.strerror or exc})"
+
+
 class SimulatorServer:
     """The simulator on a background thread with its own event loop.
 
@@ -524,7 +553,8 @@ class SimulatorServer:
             asyncio.run(self._serve())
         except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
             self._error = exc
-            self._ready.set()
+        finally:
+            self._ready.set()  # start() never waits for a thread that is gone
 
     def serve_forever(self, on_ready: Callable[[SimulatorServer], None] | None = None) -> None:
         """Serve in the calling thread until `stop()` (from another thread or a signal handler).
@@ -578,36 +608,7 @@ class SimulatorServer:
                 start_serving=False,
             )
         except OSError as exc:
-            raise SimulatorStartError(bind_problem(self.host, self.port, exc)) from exc
-
-
-class SimulatorStartError(RuntimeError):
-    """The simulator cannot listen where it was asked to (the message says what to do)."""
-
-
-def bind_problem(host: str, port: int, exc: OSError) -> str:
-    """One line: why (host, port) cannot be listened on, and what to do about it."""
-    if isinstance(exc, socket.gaierror):
-        return (
-            f"simulator host {host!r} cannot be resolved ({exc.strerror or exc}); "
-            "use an IP address or a name of this machine, e.g. 127.0.0.1"
-        )
-    if exc.errno == errno.EADDRINUSE:
-        return (
-            f"simulator port {port} on {host} is already in use; stop whatever listens there "
-            "or choose another port (0 picks a free one)"
-        )
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return (
-            f"simulator host {host!r} is not an address of this machine; "
-            "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
-        )
-    if exc.errno == errno.EACCES:
-        return (
-            f"simulator port {port} on {host} needs privileges; choose a port above 1023 "
-            "(0 picks a free one)"
-        )
-    return f"simulator cannot listen on {host}:{port} ({exc.strerror or exc})"
+            raise SimulatorStartError(_bind_problem(self.host, self.port, exc)) from exc
 
 
 def _child_main(config: SimulatorConfig, host: str, port: int, conn: Any) -> None:
