@@ -13,16 +13,18 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from stock_pipeline.baostock.apis import K_INDEX_FIELDS
+from stock_pipeline.baostock.apis import K_DAILY_FIELDS, K_INDEX_FIELDS, Field
 from stock_pipeline.baostock.fetch import (
     FetchResult,
+    _foreign_code,
     fetch_daily_bars,
     fetch_many,
     fetch_table,
 )
-from stock_pipeline.baostock.pool import BaostockPool, PoolConfig, SyncBaostockPool
+from stock_pipeline.baostock.pool import BaostockPool, FrameResult, PoolConfig
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorProcess, SimulatorServer
 from stock_pipeline.baostock.simulator.server import FaultContext
+from stock_pipeline.baostock.typed import to_frame
 from stock_pipeline_tests.helpers import assert_gone, fast_pool_config
 
 START, END = date(2024, 5, 6), date(2024, 6, 28)
@@ -84,11 +86,19 @@ def test_daily_bars_are_typed_and_match_the_market(
     assert len(per_request) == len(codes)
 
 
-def test_failures_are_reported_per_code_and_never_abort(sim: SimulatorServer) -> None:
-    """Bad code, malformed values, a dropped connection, a persistent error: each code ends up
-    fetched or failed with its reason, and every other code is fetched."""
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [(START, END), (date(2023, 1, 1), END)],
+    ids=["short: rows converted per batch", "long: frames converted by the workers"],
+)
+def test_failures_are_reported_per_code_and_never_abort(
+    sim: SimulatorServer, start: date, end: date
+) -> None:
+    """Bad code, malformed values, a short row, a dropped connection, a persistent error: each
+    code ends up fetched or failed with its reason, and every other code is fetched, typed and
+    complete."""
     good = sim.market.codes(START)[:40]
-    flaky, broken, garbled, dropped = good[:4]
+    flaky, broken, garbled, dropped, ragged = good[:5]
     calls: dict[str, int] = {}
     lock = threading.Lock()
 
@@ -104,6 +114,8 @@ def test_failures_are_reported_per_code_and_never_abort(sim: SimulatorServer) ->
             return "bad_value"
         if ctx.code == dropped:
             return "drop"
+        if ctx.code == ragged:
+            return "missing_field"
         return None
 
     faulty_config = SimulatorConfig(seed=11, n_codes=200, fault_hook=hook)
@@ -112,13 +124,19 @@ def test_failures_are_reported_per_code_and_never_abort(sim: SimulatorServer) ->
         async def run() -> FetchResult:
             async with BaostockPool(fast_config(faulty)) as pool:
                 result = await fetch_daily_bars(
-                    pool, [*good, "sh.999999"], START, END, batch_size=20
+                    pool, [*good, "sh.999999"], start, end, batch_size=20
                 )
                 return result
 
         result = asyncio.run(run())
+        fetched_codes = sorted(set(good) - {broken, garbled, dropped, ragged})
+        expected = pd.concat(
+            [pd.DataFrame(faulty.market.daily_columns(c, start, end, "3")) for c in fetched_codes],
+            ignore_index=True,
+        )
 
-    assert set(result.failures) == {broken, garbled, dropped, "sh.999999"}
+    assert set(result.failures) == {broken, garbled, dropped, ragged, "sh.999999"}
+    assert "do not have 18 values" in result.failures[ragged]
     assert "invalid security code" in result.failures["sh.999999"]
     assert "server system error" in result.failures[broken]
     assert "gave up after 3 attempts" in result.failures[broken]
@@ -129,9 +147,11 @@ def test_failures_are_reported_per_code_and_never_abort(sim: SimulatorServer) ->
     assert "closed the connection" in result.failures[dropped]
     assert calls[flaky] == 4 and calls[broken] == 6  # 3 pool attempts, then 1 (+2) at batch end
     assert result.retried == 3  # flaky, broken, dropped: transient; bad code/values are not
-    fetched = set(result.frame["code"])
-    assert fetched == set(good) - {broken, garbled, dropped}
-    assert not result.frame.isna().all(axis=None)
+    got = result.frame.sort_values(["code", "trade_date"]).reset_index(drop=True)
+    want = to_frame(
+        "query_history_k_data_plus", [f.name for f in K_DAILY_FIELDS], expected.values.tolist()
+    )
+    pd.testing.assert_frame_equal(got, want.sort_values(["code", "trade_date"], ignore_index=True))
 
 
 @pytest.mark.slow
@@ -206,12 +226,6 @@ def test_other_apis_and_single_requests(sim: SimulatorServer, codes: list[str]) 
     assert len(index.frame) == len(sim.market.trading_days(START, END))
 
 
-def test_sync_pool_runs_a_batch_fetch(sim: SimulatorServer, codes: list[str]) -> None:
-    with SyncBaostockPool(fast_config(sim, concurrency=2)) as pool:
-        result = pool.run(fetch_daily_bars, codes[:10], START, END)
-    assert result.failures == {} and set(result.frame["code"]) == set(codes[:10])
-
-
 def test_batches_can_be_streamed_to_a_sink(sim: SimulatorServer, codes: list[str]) -> None:
     received: list[pd.DataFrame] = []
 
@@ -239,3 +253,45 @@ def test_empty_fetch_has_typed_columns(sim: SimulatorServer) -> None:
     result = asyncio.run(run())
     assert result.requested == 0 and len(result.frame) == 0
     assert str(result.frame["trade_date"].dtype) == "datetime64[ns]"
+
+
+def test_unknown_field_fails_every_key_and_returns_the_failures(sim: SimulatorServer) -> None:
+    """A field the catalog does not describe: BaoStock refuses every request (10004012); the
+    fetch still returns each key's failure and an empty frame of the known columns."""
+    fields = (*K_INDEX_FIELDS[:3], Field("vwap", "float", "vwap"))
+    codes = sim.market.codes(START)[:5]
+
+    async def run() -> FetchResult:
+        async with BaostockPool(fast_config(sim, concurrency=2)) as pool:
+            return await fetch_daily_bars(pool, codes, START, END, fields=fields, batch_size=2)
+
+    result = asyncio.run(run())
+    assert set(result.failures) == set(codes) and result.succeeded == 0
+    assert all("invalid field" in reason for reason in result.failures.values())
+    assert len(result.frame) == 0 and result.retried == 0
+    assert list(result.frame.columns) == [f.column for f in K_INDEX_FIELDS[:3]]
+
+
+def _frame_result(fields: list[str], rows: list[list[str]], *, convert: bool) -> FrameResult:
+    kline = "query_history_k_data_plus"
+    return FrameResult(
+        api=kline,
+        params={"code": "sh.600000"},
+        fields=fields,
+        frame=to_frame(kline, fields, rows) if convert else None,
+        rows=[] if convert else rows,
+    )
+
+
+@pytest.mark.parametrize("convert", [True, False], ids=["frame", "rows"])
+def test_rows_of_another_code_are_caught(convert: bool) -> None:
+    """The cross-talk defence reads the code column of worker frames and of raw rows alike."""
+    fields = ["date", "code", "close"]
+    own = [["2024-06-03", "sh.600000", "10.0"], ["2024-06-04", "sh.600000", "10.1"]]
+    foreign = [*own, ["2024-06-05", "sz.000001", "9.0"]]
+    assert _foreign_code(_frame_result(fields, own, convert=convert)) is None
+    assert _foreign_code(_frame_result(fields, foreign, convert=convert)) == "sz.000001"
+    assert (
+        _foreign_code(_frame_result(["date", "close"], [["2024-06-03", "1"]], convert=convert))
+        is None
+    )

@@ -1,9 +1,10 @@
 """BaostockPool against the BaoStock simulator, through the real (unmodified) baostock client.
 
-Covers: no cross-talk between concurrent sessions, login reuse and TTL re-login, the shared rate
-limit, retries and fast failure, the fault paths (dropped connection, silent server, blacklist
-reply, wedged and killed workers), captured client output, and clean shutdown (no worker left,
-also after Ctrl-C or when the parent dies).
+Covers: no cross-talk between concurrent sessions, login reuse and TTL re-login, credentials,
+the shared rate limit, retries and fast failure, typed replies converted in the worker, the
+fault paths (dropped connection, silent server, slow pages, blacklist reply, wedged and killed
+workers), captured client output, and clean shutdown (no worker left, also after Ctrl-C or when
+the parent dies).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
+import pandas as pd
 import psutil
 import pytest
 
@@ -33,9 +35,11 @@ from stock_pipeline.baostock.errors import (
     RequestTimeout,
     TransientError,
 )
-from stock_pipeline.baostock.pool import BaostockPool, PoolConfig, SyncBaostockPool
+from stock_pipeline.baostock.pool import BaostockPool, FrameResult, PoolConfig
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorServer
 from stock_pipeline.baostock.simulator.server import FaultContext
+from stock_pipeline.baostock.typed import to_frame
+from stock_pipeline.baostock.worker import FRAME_MIN_ROWS
 from stock_pipeline.settings import Settings
 from stock_pipeline_tests.helpers import assert_gone
 from stock_pipeline_tests.helpers import fast_pool_config as pool_config
@@ -257,6 +261,81 @@ def test_silent_server_costs_one_timeout_then_recovers(sim: SimulatorServer) -> 
     assert 1.0 <= elapsed < 1.0 + 1.0 + 0.5, f"silent connection cost {elapsed:.2f}s"
 
 
+def test_slow_pages_of_a_long_history_do_not_time_out() -> None:
+    """Each page arrives within the timeout, the whole request takes several timeouts: the
+    parent bounds silence (progress after each page), not the request."""
+    config = SimulatorConfig(seed=7, n_codes=300, latency_ms=300.0)
+    with SimulatorServer(config) as slow:
+        expected = slow.market.daily_columns("sh.600000", date(2024, 3, 1), date(2024, 5, 31))
+
+        async def run() -> tuple[Any, float]:
+            pool_cfg = pool_config(
+                slow, concurrency=1, request_timeout_s=0.5, page_size=5, max_retries=0
+            )
+            async with BaostockPool(pool_cfg) as pool:
+                started = time.perf_counter()
+                result = await pool.query(KLINE, **kline("sh.600000", "2024-03-01", "2024-05-31"))
+                return result, time.perf_counter() - started
+
+        result, elapsed = asyncio.run(run())
+    assert [row[0] for row in result.rows] == expected["date"]
+    assert result.server_requests == len(expected["date"]) // 5 + 1 >= 12
+    assert elapsed > 2 * (0.5 + 1.0), f"{elapsed:.2f}s: not the long request this test needs"
+
+
+def test_silence_on_a_later_page_still_fails_fast(sim: SimulatorServer) -> None:
+    """The server goes silent on page 3 of 5: the attempt fails after about the timeout (the
+    pages before it reset nothing beyond it) and the retry returns every row."""
+    pages: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def silent_third_page(ctx: FaultContext) -> str | None:
+        with lock:
+            pages[ctx.code] = pages.get(ctx.code, 0) + 1
+            return "silent" if ctx.code == "sh.600000" and pages[ctx.code] == 3 else None
+
+    config = SimulatorConfig(seed=7, n_codes=300, fault_hook=silent_third_page)
+    with SimulatorServer(config) as faulty:
+
+        async def run() -> tuple[Any, float]:
+            pool_cfg = pool_config(faulty, concurrency=1, request_timeout_s=1.0, page_size=5)
+            async with BaostockPool(pool_cfg) as pool:
+                started = time.perf_counter()
+                result = await pool.query(KLINE, **kline("sh.600000", "2024-05-06", "2024-06-07"))
+                return result, time.perf_counter() - started
+
+        result, elapsed = asyncio.run(run())
+    assert result.attempts == 2 and len(result.rows) == 25
+    assert 1.0 <= elapsed < 1.0 + 1.0 + 0.5, f"a page's silence cost {elapsed:.2f}s"
+
+
+def test_worker_wedged_between_pages_is_killed_at_the_deadline() -> None:
+    """Progress messages keep a long request alive only while they come: a worker stopped
+    after some pages is killed within the timeout plus grace of its last sign of life."""
+    config = SimulatorConfig(seed=7, n_codes=300, latency_ms=100.0)
+    with SimulatorServer(config) as slow:
+
+        async def run() -> tuple[int, float]:
+            pool_cfg = pool_config(
+                slow, concurrency=1, request_timeout_s=0.5, page_size=5, max_retries=0
+            )
+            async with BaostockPool(pool_cfg) as pool:
+                [wedged] = pool.worker_pids()
+                query = asyncio.create_task(
+                    pool.query(KLINE, **kline("sh.600000", "2024-03-01", "2024-05-31"))
+                )
+                await asyncio.sleep(0.45)  # a few pages in (login and pages take 0.1 s each)
+                os.kill(wedged, signal.SIGSTOP)
+                stopped = time.perf_counter()
+                with pytest.raises(RequestTimeout, match="session replaced"):
+                    await query
+                return wedged, time.perf_counter() - stopped
+
+        wedged, elapsed = asyncio.run(run())
+    assert elapsed < 0.5 + 1.0 + 0.2, f"wedged worker held the request {elapsed:.2f}s"
+    assert not psutil.pid_exists(wedged)
+
+
 def test_wedged_worker_is_killed_at_the_deadline_and_replaced(sim: SimulatorServer) -> None:
     """A worker that cannot even notice its socket timeout (SIGSTOP) is killed and replaced."""
 
@@ -404,19 +483,108 @@ def test_cancelled_request_reply_is_dropped_and_close_logs_out() -> None:
     assert logouts == 1
 
 
-def test_sync_pool_for_blocking_callers(sim: SimulatorServer) -> None:
+SECRET = "Pa55-never-logged"
+
+
+def test_pool_from_settings_logs_in_as_the_user_and_never_shows_the_password(
+    sim: SimulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG", logger="stock_pipeline")
     settings = Settings.from_env(
         {
             "STOCK_PIPELINE_BAOSTOCK_ENDPOINT": sim.endpoint,
             "STOCK_PIPELINE_BAOSTOCK_CONCURRENCY": "2",
+            "STOCK_PIPELINE_BAOSTOCK_USER": "someone",
+            "STOCK_PIPELINE_BAOSTOCK_PASSWORD": SECRET,
         }
     )
-    with SyncBaostockPool.from_settings(settings) as pool:
-        assert pool.config.qps == 20.0 and pool.config.concurrency == 2
-        result = pool.query(KLINE, **kline("sh.600000", "2024-06-03", "2024-06-07"))
-        pids = pool.pool.worker_pids()
+    config = PoolConfig.from_settings(settings)
+    assert (config.user, config.password) == ("someone", SECRET)
+    assert (PoolConfig().user, PoolConfig().password) == ("anonymous", "123456")  # login()'s
+    assert SECRET not in repr(config) and "someone" in repr(config)
+
+    async def run() -> tuple[Any, list[int]]:
+        async with BaostockPool.from_settings(settings) as pool:
+            assert pool.config.qps == 20.0 and pool.config.concurrency == 2
+            result = await pool.query(KLINE, **kline("sh.600000", "2024-06-03", "2024-06-07"))
+            return result, pool.worker_pids()
+
+    result, pids = asyncio.run(run())
     assert len(result.rows) == 5
     assert_gone(pids, within_s=1.0)
+    logged = [r.getMessage() + str(r.exc_text) for r in caplog.records]
+    assert any("login success" in m for m in logged)  # the client's output is logged...
+    assert not [m for m in logged if SECRET in m]  # ...and the password never
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "code", "cause"),
+    [
+        ("baduser", SECRET, "10001002", "wrong user name or password"),
+        ("someone", "", "10001009", "password empty"),  # the client's own check
+    ],
+    ids=["rejected user", "empty password"],
+)
+def test_bad_credentials_fail_the_start_clearly(
+    sim: SimulatorServer,
+    caplog: pytest.LogCaptureFixture,
+    user: str,
+    password: str,
+    code: str,
+    cause: str,
+) -> None:
+    caplog.set_level("DEBUG", logger="stock_pipeline")
+    config = pool_config(sim, concurrency=2, user=user, password=password)
+
+    async def run() -> tuple[BaostockPool, PermanentError, float]:
+        pool = BaostockPool(config)
+        started = time.perf_counter()
+        with pytest.raises(PermanentError) as caught:
+            await pool.start()
+        return pool, caught.value, time.perf_counter() - started
+
+    pool, error, elapsed = asyncio.run(run())
+    message = str(error)
+    assert f"cannot log in to {sim.host}:{sim.port} as user {user!r}: {cause}" in message
+    assert "STOCK_PIPELINE_BAOSTOCK_USER and STOCK_PIPELINE_BAOSTOCK_PASSWORD" in message
+    assert error.error_code == code and message.count(f"[{code}]") == 1
+    assert elapsed < 2.0, "a credential error is permanent: no retries"
+    assert pool.worker_pids() == []
+    assert not [r for r in caplog.records if SECRET in r.getMessage()]
+    assert SECRET not in message
+
+
+def test_query_frame_converts_in_the_worker() -> None:
+    """Long replies cross the pipe as typed frames, small ones as rows; both match query(). A
+    malformed value fails the request for good (never NULL, never retried)."""
+    config = SimulatorConfig(seed=7, n_codes=300, fault_codes={"sz.000001": "bad_value"})
+    with SimulatorServer(config) as garbling:
+
+        async def run() -> tuple[Any, ...]:
+            async with BaostockPool(pool_config(garbling, concurrency=2)) as pool:
+                year = kline("sh.600000", "2023-01-01", "2023-12-31")
+                raw = await pool.query(KLINE, **year)
+                typed = await pool.query_frame(KLINE, **year)
+                small = await pool.query_frame(
+                    KLINE, **kline("sh.600000", "2024-06-03", "2024-06-07")
+                )
+                requests = pool.stats.requests
+                with pytest.raises(PermanentError) as garbled:
+                    await pool.query_frame(KLINE, **{**year, "code": "sz.000001"})
+                assert pool.stats.requests == requests + 1, "malformed values are not retried"
+                return raw, typed, small, garbled.value
+
+        raw, typed, small, garbled = asyncio.run(run())
+    assert isinstance(typed, FrameResult) and len(raw.rows) >= FRAME_MIN_ROWS
+    assert typed.frame is not None and typed.rows == [] and typed.convert_s > 0
+    assert typed.row_count == len(raw.rows) and typed.fields == raw.fields
+    assert str(typed.frame["trade_date"].dtype) == "datetime64[ns]"
+    assert str(typed.frame["volume"].dtype) == "Int64"
+    # Exactly what converting query()'s rows in the parent gives.
+    pd.testing.assert_frame_equal(typed.frame, to_frame(KLINE, raw.fields, raw.rows))
+    assert small.frame is None and len(small.rows) == 5 and len(small.to_frame()) == 5
+    assert "malformed values" in str(garbled) and "'N/A'" in str(garbled)
+    assert "sz.000001" in str(garbled)
 
 
 _CHILD = textwrap.dedent(
@@ -442,31 +610,10 @@ _CHILD = textwrap.dedent(
 )
 
 
-_SYNC_CHILD = textwrap.dedent(
-    """
-    import sys
-    from stock_pipeline.baostock.pool import PoolConfig, SyncBaostockPool
-
-    if __name__ == "__main__":
-        config = PoolConfig(endpoint=(sys.argv[1], int(sys.argv[2])), concurrency=3, qps=1e5)
-        try:
-            with SyncBaostockPool(config) as pool:
-                print(" ".join(map(str, pool.pool.worker_pids())), flush=True)
-                while True:
-                    pool.query("query_history_k_data_plus", code="sh.600000",
-                               fields="date,code,close", start_date="2015-01-05",
-                               end_date="2024-06-07", frequency="d", adjustflag="3")
-        except KeyboardInterrupt:
-            print("interrupted", flush=True)
-    """
-)
-
-
-def _start_child(
-    sim: SimulatorServer, script: str = _CHILD
-) -> tuple[subprocess.Popen[str], list[int]]:
+def _start_child(sim: SimulatorServer) -> tuple[subprocess.Popen[str], list[int]]:
+    """A process running an async pool under asyncio.run, querying in a loop."""
     child = subprocess.Popen(
-        [sys.executable, "-c", script, sim.host, str(sim.port)],
+        [sys.executable, "-c", _CHILD, sim.host, str(sim.port)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -479,10 +626,11 @@ def _start_child(
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("script", [_CHILD, _SYNC_CHILD], ids=["async", "sync"])
-def test_ctrl_c_logs_out_and_stops_every_worker(sim: SimulatorServer, script: str) -> None:
+def test_ctrl_c_logs_out_and_stops_every_worker(sim: SimulatorServer) -> None:
+    """SIGINT to a process busy with an async pool: asyncio.run cancels the work, the pool's
+    `async with` logs every session out and every worker process exits."""
     before = sim.stats.requests["logout"]
-    child, pids = _start_child(sim, script)
+    child, pids = _start_child(sim)
     time.sleep(0.5)  # busy querying
     child.send_signal(signal.SIGINT)
     out, _ = child.communicate(timeout=20)

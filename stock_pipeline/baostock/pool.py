@@ -9,30 +9,37 @@ order, dead process) is killed and replaced instead of reused. Together that rul
 cross-talk. Each worker gets up to two requests ahead (PIPELINE_DEPTH) so it never waits for
 the parent between requests.
 
+`query()` returns BaoStock's rows as strings; `query_frame()` has the worker convert them to the
+typed DataFrame (typed.py) and send that, which costs the parent far less CPU (batch fetches in
+fetch.py use it).
+
 Around the workers the pool adds what a polite, robust client needs:
 - a token bucket shared by all sessions (`qps`): every message sent to the server counts, logins
   and extra pages included; a query pays one token before it is handed to a worker and its extra
   messages afterwards (logouts at shutdown are not limited);
-- a per-request timeout (`request_timeout_s`): the worker's socket times out on a silent server
-  and the worker reconnects; a worker that does not answer within the timeout plus a second
-  (wedged, dead) is killed and replaced;
+- a bound on silence (`request_timeout_s`): the worker's socket times out on a silent server
+  and the worker reconnects; a worker that sends nothing (neither a reply nor word that a page
+  arrived) for the timeout plus a second (wedged, dead) is killed and replaced. A long history
+  of many pages takes as long as it takes while every page arrives in time;
 - retries with exponential backoff and full jitter for transient failures, fast failure for
   permanent ones, and a pool-wide pause after a blacklist reply;
 - session TTL (the worker re-logs in when its session is older than `session_ttl_s`);
+- credentials (`user`, `password`; BaoStock's anonymous account by default), the password kept
+  out of reprs and logs;
 - clean shutdown: every session logged out, every worker joined (or terminated), on errors,
   cancellation and Ctrl-C too.
 
-Use it as `async with BaostockPool.from_settings(settings) as pool: await pool.query(...)`, or
-through `SyncBaostockPool` from synchronous code such as Dagster assets. Workers are forked from
-multiprocessing's forkserver, so a script that starts a pool needs the usual
-`if __name__ == "__main__":` guard.
+Use it from async code, Dagster assets included (`async def` assets, through
+`resources.BaostockResource`):
+`async with BaostockPool.from_settings(settings) as pool: await pool.query(...)`.
+Workers are forked from multiprocessing's forkserver, so a script that starts a pool needs the
+usual `if __name__ == "__main__":` guard.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -42,10 +49,12 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
-from typing import Any, TypeVar
+from typing import Any
+
+import pandas as pd
 
 from stock_pipeline.baostock.errors import (
     BLACKLIST_CODE,
@@ -59,10 +68,13 @@ from stock_pipeline.baostock.errors import (
     TransientError,
     from_reply,
 )
+from stock_pipeline.baostock.typed import to_frame
 from stock_pipeline.baostock.worker import (
     BAD_REQUEST,
     CLIENT_FAILURE,
+    MALFORMED,
     SOCKET_FAILURE,
+    Progress,
     Reply,
     WorkerConfig,
     serve,
@@ -72,14 +84,16 @@ from stock_pipeline.settings import Settings
 logger = logging.getLogger("stock_pipeline.baostock")
 client_logger = logging.getLogger("stock_pipeline.baostock.client")
 
-T = TypeVar("T")
-
-# Extra time the parent grants a worker beyond its own socket timeout before killing it: the
+# Extra silence the parent grants a worker beyond its own socket timeout before killing it: the
 # worker usually reports its socket timeout itself and keeps its process.
 _KILL_GRACE_S = 1.0
 # Requests sent ahead to each worker (see _Worker). 2 = one running, one waiting in its pipe.
 PIPELINE_DEPTH = 2
 _JOIN_TIMEOUT_S = 3.0
+# Login replies that mean the user name or password is wrong, empty, or not allowed.
+_CREDENTIAL_CODES = frozenset(
+    {"10001002", "10001005", "10001006", "10001007", "10001008", "10001009", "10001012"}
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,8 @@ class PoolConfig:
     backoff_max_s: float = 30.0
     blacklist_backoff_s: float = 60.0
     page_size: int | None = None  # None keeps the client's 2000 rows per page
+    user: str = "anonymous"  # BaoStock's anonymous account, as the client's login() defaults
+    password: str = field(default="123456", repr=False)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -119,6 +135,8 @@ class PoolConfig:
             backoff_base_s=settings.baostock_backoff_base_s,
             backoff_max_s=settings.baostock_backoff_max_s,
             blacklist_backoff_s=settings.baostock_blacklist_backoff_s,
+            user=settings.baostock_user,
+            password=settings.baostock_password,
         )
         return replace(config, **overrides)
 
@@ -127,26 +145,56 @@ class PoolConfig:
         return f"{self.endpoint[0]}:{self.endpoint[1]}" if self.endpoint else "BaoStock"
 
 
-@dataclass
-class QueryResult:
-    """Rows of one request (all pages) as BaoStock sent them: lists of strings, in `fields` order.
+@dataclass(kw_only=True)
+class _Answer:
+    """What every request reports besides its data.
 
     Timings: `pool_wait_s` waiting for a session (for a place in a worker's pipeline, then
     behind the request ahead in it), `rate_wait_s` for a rate-limit token, `api_s` in the client
     (network plus its JSON parsing, all pages), `roundtrip_s` from when the worker could start
-    until its reply was read (api_s plus process hand-over).
+    until its reply was read (api_s plus any conversion plus process hand-over).
     """
 
     api: str
     params: dict[str, Any]
-    fields: list[str]
-    rows: list[list[str]]
+    fields: list[str]  # BaoStock's field names, in the order of the rows' values
     attempts: int = 1
     pool_wait_s: float = 0.0
     rate_wait_s: float = 0.0
     api_s: float = 0.0
     roundtrip_s: float = 0.0
     server_requests: int = 1
+
+
+@dataclass(kw_only=True)
+class QueryResult(_Answer):
+    """Rows of one request (all pages) as BaoStock sent them: lists of strings."""
+
+    rows: list[list[str]]
+
+
+@dataclass(kw_only=True)
+class FrameResult(_Answer):
+    """One request converted to typed columns by the worker (`query_frame`).
+
+    `frame` holds the rows with the catalog's columns, except for replies of fewer than
+    worker.FRAME_MIN_ROWS rows: those come back as `rows` (strings) with `frame` None, for the
+    caller to convert many at once (a frame costs ~0.5 ms however few rows it holds).
+    `to_frame()` gives the typed frame either way. `convert_s`: the worker's conversion time.
+    """
+
+    frame: pd.DataFrame | None
+    rows: list[list[str]]
+    convert_s: float = 0.0
+
+    @property
+    def row_count(self) -> int:
+        return len(self.frame) if self.frame is not None else len(self.rows)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The typed frame (converted here if the worker left the rows); raises
+        MalformedValueError for values that do not parse."""
+        return self.frame if self.frame is not None else to_frame(self.api, self.fields, self.rows)
 
 
 @dataclass
@@ -243,7 +291,8 @@ class _Worker:
     previous finishes, so the parent's reaction time is off each request's critical path. The
     server still sees one request at a time per session. Replies are matched to requests by
     sequence number; a reply out of order breaks the worker (it is killed), and the reply of a
-    cancelled request is dropped on arrival, never handed to another caller.
+    cancelled request is dropped on arrival, never handed to another caller. Progress messages
+    (a page arrived, more to come) only prove the worker alive.
     """
 
     _start_lock = threading.Lock()  # Process.start() from executor threads, one at a time
@@ -263,6 +312,7 @@ class _Worker:
             collections.OrderedDict()
         )
         self._last_reply_at = 0.0
+        self._last_heard = 0.0  # last reply or progress message
 
     @property
     def pid(self) -> int | None:
@@ -298,19 +348,24 @@ class _Worker:
     def _on_readable(self) -> None:
         assert self.conn is not None and self._loop is not None
         try:
-            reply: Reply = self.conn.recv()  # a whole message: the worker sends it in one go
+            # A whole message: the worker sends each in one go.
+            message: Reply | Progress = self.conn.recv()
         except (EOFError, OSError) as exc:
             self._loop.remove_reader(self.conn.fileno())  # EOF stays readable: stop the calls
             self._fail_outstanding(exc)
             return
+        now = time.perf_counter()
+        self._last_heard = now
         head = next(iter(self._outstanding), None)
-        if reply.seq != head:
+        if message.seq != head:
             self._fail_outstanding(
-                OSError(f"worker {self.slot}: reply {reply.seq}, expected {head}")
+                OSError(f"worker {self.slot}: message for {message.seq}, expected {head}")
             )
             return
+        if isinstance(message, Progress):
+            return
+        reply = message
         future, sent_at = self._outstanding.pop(head)
-        now = time.perf_counter()
         # The worker started on it when it was sent or when the previous reply left, if later.
         reply.queued_s = max(0.0, self._last_reply_at - sent_at)
         self._last_reply_at = now
@@ -328,21 +383,30 @@ class _Worker:
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
 
-    async def call(self, message: tuple[Any, ...], timeout: float) -> Reply:
+    async def call(self, message: tuple[Any, ...], silence_s: float) -> Reply:
         """Send one message and return its reply; raises TimeoutError, EOFError or OSError.
 
-        `timeout` counts from when the worker can start on the request: a request queued
-        behind others gets their share on top.
+        TimeoutError once the worker has sent nothing (no reply, no progress) for `silence_s`
+        since this message was sent or since its last message, whichever is later: a request
+        queued behind others waits as long as they make progress.
         """
         if self.conn is None:
             raise EOFError(f"worker {self.slot} is not running")
         seq = next(self._seq)
-        ahead = len(self._outstanding)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self.conn.send((message[0], seq, *message[1:]))
-        self._outstanding[seq] = (future, time.perf_counter())
-        async with asyncio.timeout(timeout * (1 + ahead)):
-            return await future
+        sent_at = time.perf_counter()
+        self._outstanding[seq] = (future, sent_at)
+        try:
+            while not future.done():
+                quiet_until = max(sent_at, self._last_heard) + silence_s
+                remaining = quiet_until - time.perf_counter()
+                if remaining <= 0:
+                    raise TimeoutError(f"worker {self.slot} silent for {silence_s:.1f}s")
+                await asyncio.wait((future,), timeout=remaining)
+            return future.result()
+        finally:
+            future.cancel()  # no-op once answered; else its reply is dropped on arrival
 
     def kill(self) -> None:
         """SIGKILL the process now and reap it: its request and session are abandoned.
@@ -391,6 +455,8 @@ class BaostockPool:
             socket_timeout_s=config.request_timeout_s,
             session_ttl_s=config.session_ttl_s,
             parent_pid=os.getpid(),
+            user=config.user,
+            password=config.password,
             page_size=config.page_size,
         )
         self._workers: list[_Worker] = [
@@ -449,11 +515,7 @@ class BaostockPool:
         if permanent or len(failures) == len(self._workers):
             await self.close()
             first = (permanent or failures)[0]
-            raise type(first)(
-                f"cannot log in to {self.config.where}: {first}",
-                api="login",
-                error_code=getattr(first, "error_code", None),
-            ) from first
+            raise self._login_failure(first) from first
         for failure in failures:  # those sessions log in lazily on their first request
             logger.warning("[baostock] a session failed to log in, will retry: %s", failure)
         self._ready = True
@@ -464,6 +526,20 @@ class BaostockPool:
             self.config.qps,
             self.config.request_timeout_s,
             time.perf_counter() - started,
+        )
+
+    def _login_failure(self, cause: BaseException) -> BaseException:
+        """The error that ends start(): where, as whom, why, and what to change."""
+        if not isinstance(cause, BaostockError):
+            return cause
+        hint = ""
+        if cause.error_code in _CREDENTIAL_CODES:
+            hint = "; check STOCK_PIPELINE_BAOSTOCK_USER and STOCK_PIPELINE_BAOSTOCK_PASSWORD"
+        return type(cause)(
+            f"cannot log in to {self.config.where} as user {self.config.user!r}: "
+            f"{cause.reason}{hint}",
+            api="login",
+            error_code=cause.error_code,
         )
 
     async def _login_with_retries(self, worker: _Worker) -> None:
@@ -489,6 +565,8 @@ class BaostockPool:
 
     @property
     def _deadline(self) -> float:
+        """The longest silence tolerated from a worker (a login, a reply, a page) before it is
+        killed: its own socket timeout plus a grace."""
         return self.config.request_timeout_s + _KILL_GRACE_S
 
     async def query(self, api: str, /, **params: Any) -> QueryResult:
@@ -498,30 +576,50 @@ class BaostockPool:
         exponential backoff and full jitter; raises PermanentError at once for a bad request,
         TransientError when the retries are used up, PoolClosedError after close().
         """
+        reply, answer = await self._request("query", api, params)
+        return QueryResult(rows=reply.rows, **answer)
+
+    async def query_frame(self, api: str, /, **params: Any) -> FrameResult:
+        """Like `query`, with the rows converted to typed columns in the worker (FrameResult).
+
+        Values that do not parse as their catalog types fail the request with PermanentError
+        (never NULL); the rows of small replies come back unconverted (see FrameResult).
+        """
+        reply, answer = await self._request("frame", api, params)
+        return FrameResult(frame=reply.frame, rows=reply.rows, convert_s=reply.convert_s, **answer)
+
+    async def _request(
+        self, op: str, api: str, params: dict[str, Any]
+    ) -> tuple[Reply, dict[str, Any]]:
+        """Attempts until one succeeds: the reply and the answer's common fields (_Answer)."""
         attempts = 0
         while True:
             attempts += 1
             try:
-                result = await self._attempt(api, params)
+                reply, answer = await self._attempt(op, api, params)
             except PoolPausedError:
                 raise  # not sent; retrying during the pause would only queue more work
             except TransientError as exc:
-                if isinstance(exc, BlacklistedError):
-                    assert self._limiter is not None
-                    self._blacklist_streak += 1
-                    self._limiter.pause(self.config.blacklist_backoff_s)
-                if attempts > self.config.max_retries:
-                    exc.reason = f"{exc.reason} (gave up after {attempts} attempts)"
-                    exc.args = (exc._render(),)
-                    raise
-                delay = self._backoff(attempts, exc)
-                self.stats.retries += 1
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug("[baostock] retry %d in %.2fs: %s", attempts, delay, exc)
-                await asyncio.sleep(delay)
+                await self._before_retry(exc, attempts)
                 continue
-            result.attempts = attempts
-            return result
+            answer["attempts"] = attempts
+            return reply, answer
+
+    async def _before_retry(self, error: TransientError, attempts: int) -> None:
+        """Back off before the next attempt; re-raise `error` once the retries are used up."""
+        if isinstance(error, BlacklistedError):
+            assert self._limiter is not None
+            self._blacklist_streak += 1
+            self._limiter.pause(self.config.blacklist_backoff_s)
+        if attempts > self.config.max_retries:
+            error.reason = f"{error.reason} (gave up after {attempts} attempts)"
+            error.args = (error._render(),)
+            raise error
+        delay = self._backoff(attempts, error)
+        self.stats.retries += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("[baostock] retry %d in %.2fs: %s", attempts, delay, error)
+        await asyncio.sleep(delay)
 
     def _backoff(self, attempt: int, error: BaseException) -> float:
         """Full-jitter exponential backoff: uniform(0, min(max, base * 2**(attempt-1)))."""
@@ -562,7 +660,10 @@ class BaostockPool:
                 waiter.set_result(None)
                 return
 
-    async def _attempt(self, api: str, params: dict[str, Any]) -> QueryResult:
+    async def _attempt(
+        self, op: str, api: str, params: dict[str, Any]
+    ) -> tuple[Reply, dict[str, Any]]:
+        """One try: a session, a rate-limit token, the worker's reply (raised if an error)."""
         assert self._limiter is not None
         self._check_breaker(api, params, claim_probe=False)  # fail fast before queueing
         t0 = time.perf_counter()
@@ -571,7 +672,32 @@ class BaostockPool:
             t1 = time.perf_counter()
             await self._limiter.acquire(lambda: self._check_breaker(api, params, False))
             t2 = time.perf_counter()
-            probe = self._check_breaker(api, params, claim_probe=True)
+            reply = await self._send(worker, (op, api, params), api, params)
+            # On cancellation the worker still answers; the reply is dropped on arrival.
+            t3 = time.perf_counter()
+        finally:
+            self._release_worker(worker)
+        self._account(reply)
+        if reply.error_code != "0":
+            raise self._error(reply, api, params)
+        return reply, {
+            "api": api,
+            "params": params,
+            "fields": reply.fields,
+            "pool_wait_s": t1 - t0 + reply.queued_s,
+            "rate_wait_s": t2 - t1,
+            "api_s": reply.call_s + reply.drain_s,
+            "roundtrip_s": t3 - t2 - reply.queued_s,
+            "server_requests": reply.server_requests,
+        }
+
+    async def _send(
+        self, worker: _Worker, message: tuple[Any, ...], api: str, params: dict[str, Any]
+    ) -> Reply:
+        """`message` on `worker` (started first if it was replaced); a worker that stays silent
+        too long or is lost is killed, and the request fails transiently."""
+        probe = self._check_breaker(api, params, claim_probe=True)
+        try:
             if worker.conn is None:
                 # Replaced lazily: a killed worker's successor starts when it is next chosen.
                 # (A worker that died on its own shows up as EOF on its pipe, then is killed.)
@@ -580,32 +706,32 @@ class BaostockPool:
                         await worker.start()
                         self.stats.workers_started += 1
             self.stats.requests += 1
-            try:
-                reply = await worker.call(("query", api, params), self._deadline)
-            except TimeoutError:
-                self.stats.timeouts += 1
-                self._kill(worker)
-                raise RequestTimeout(
-                    f"no reply within {self._deadline:.1f}s; session replaced "
-                    "(raise STOCK_PIPELINE_BAOSTOCK_REQUEST_TIMEOUT_S if the server is just slow)",
-                    api=api,
-                    params=params,
-                ) from None
-            except (EOFError, OSError) as exc:
-                self.stats.connection_losses += 1
-                self._kill(worker)
-                if self._closed:
-                    raise PoolClosedError("the pool was closed during the request") from exc
-                raise ConnectionLost(
-                    f"worker process lost ({exc!r}); session replaced", api=api, params=params
-                ) from exc
-            finally:
-                if probe:
-                    self._probing = False
-            # On cancellation the worker still answers; the reply is dropped on arrival.
-            t3 = time.perf_counter()
+            return await worker.call(message, self._deadline)
+        except TimeoutError:
+            self.stats.timeouts += 1
+            self._kill(worker)
+            raise RequestTimeout(
+                f"worker silent for {self._deadline:.1f}s (no reply, no page); session "
+                "replaced (raise STOCK_PIPELINE_BAOSTOCK_REQUEST_TIMEOUT_S if the server is "
+                "just slow)",
+                api=api,
+                params=params,
+            ) from None
+        except (EOFError, OSError) as exc:
+            self.stats.connection_losses += 1
+            self._kill(worker)
+            if self._closed:
+                raise PoolClosedError("the pool was closed during the request") from exc
+            raise ConnectionLost(
+                f"worker process lost ({exc!r}); session replaced", api=api, params=params
+            ) from exc
         finally:
-            self._release_worker(worker)
+            if probe:
+                self._probing = False
+
+    def _account(self, reply: Reply) -> None:
+        """Count a reply's messages to the server, charge the extra ones, log its output."""
+        assert self._limiter is not None
         self.stats.server_requests += reply.server_requests
         self._limiter.debit(reply.server_requests - 1)
         if reply.relogged:
@@ -613,19 +739,6 @@ class BaostockPool:
         self._log_output(reply)
         if reply.error_code != BLACKLIST_CODE:
             self._blacklist_streak = 0  # the server answers us normally again
-        if reply.error_code != "0":
-            raise self._error(reply, api, params)
-        return QueryResult(
-            api=api,
-            params=params,
-            fields=reply.fields,
-            rows=reply.rows,
-            pool_wait_s=t1 - t0 + reply.queued_s,
-            rate_wait_s=t2 - t1,
-            api_s=reply.call_s + reply.drain_s,
-            roundtrip_s=t3 - t2 - reply.queued_s,
-            server_requests=reply.server_requests,
-        )
 
     def _check_breaker(self, api: str, params: dict[str, Any], claim_probe: bool) -> bool:
         """Circuit breaker after persistent blacklist replies; True if this request is the probe.
@@ -656,7 +769,7 @@ class BaostockPool:
             return ConnectionLost(reply.error_msg, api=api, params=params)
         if reply.error_code == CLIENT_FAILURE:
             return TransientError(f"client failed: {reply.error_msg}", api=api, params=params)
-        if reply.error_code == BAD_REQUEST:
+        if reply.error_code in (BAD_REQUEST, MALFORMED):
             return PermanentError(reply.error_msg, api=api, params=params)
         error = from_reply(reply.error_code, reply.error_msg, api=api, params=params)
         if isinstance(error, BlacklistedError):
@@ -705,77 +818,3 @@ def _kill_all(workers: list[_Worker]) -> None:
             worker.kill()
         except Exception:  # interpreter shutdown; best effort
             pass
-
-
-class SyncBaostockPool:
-    """A BaostockPool for synchronous callers (e.g. Dagster assets).
-
-    Runs the pool on an event loop in a private thread; `run(fn, *args)` awaits
-    `fn(pool, *args)` there. Ctrl-C in the calling thread cancels the running work and the
-    context exit still logs every session out.
-    """
-
-    def __init__(self, config: PoolConfig):
-        self.config = config
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="baostock-pool-loop", daemon=True
-        )
-        self._thread.start()
-        self.pool = BaostockPool(config)
-        self._closed = False
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> SyncBaostockPool:
-        """A started-on-enter sync pool configured from settings."""
-        return cls(PoolConfig.from_settings(settings, **overrides))
-
-    def __enter__(self) -> SyncBaostockPool:
-        try:
-            self._call(self.pool.start())
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result()
-        except (KeyboardInterrupt, SystemExit):
-            future.cancel()
-            try:
-                future.result(timeout=self.config.request_timeout_s + 10)
-            except (concurrent.futures.CancelledError, Exception):
-                pass
-            raise
-
-    def run(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Run `await fn(pool, *args, **kwargs)` on the pool's loop and return its result."""
-
-        async def call() -> T:
-            return await fn(self.pool, *args, **kwargs)
-
-        return self._call(call())
-
-    def query(self, api: str, /, **params: Any) -> QueryResult:
-        """Blocking `BaostockPool.query`."""
-        return self._call(self.pool.query(api, **params))
-
-    def close(self) -> None:
-        """Close the pool (logging sessions out) and stop the loop thread."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            asyncio.run_coroutine_threadsafe(self.pool.close(), self._loop).result(
-                timeout=self.config.request_timeout_s + 30
-            )
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            if not self._thread.is_alive():
-                self._loop.close()
