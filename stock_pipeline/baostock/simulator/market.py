@@ -862,6 +862,7 @@ class Market:
                 self._valuation_table(code)
         for code in INDEX_CODES:
             self.index_series(code)
+        self._status_book()
 
     # ----- public per-stock queries -------------------------------------------------------------
 

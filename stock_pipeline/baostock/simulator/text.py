@@ -73,6 +73,8 @@ def integers(values: np.ndarray) -> Column:
 
 def fixed(values: np.ndarray, decimals: int) -> Column:
     """Like format(v, f".{decimals}f") for each float, exactly (1 <= decimals <= 15)."""
+    if not 1 <= decimals <= 15:
+        raise ValueError(f"decimals must be in 1..15, got {decimals}")
     v = np.asarray(values, dtype=np.float64)
     y = np.abs(v) * float(_POW10[decimals])
     # format() rounds the exact binary value; y is off from it by at most |y| * 2**-53, so
@@ -181,8 +183,8 @@ def to_strings(column: Column) -> list[str]:
 class Table:
     """Rows of string fields kept as one matrix of their JSON text ('["a","b"],' per row).
 
-    Values must need no JSON escaping (numbers, dates, codes, names: no quotes, backslashes or
-    control characters), which is what the simulator's k-line fields are.
+    Values must need no JSON escaping (no quotes, backslashes or control characters), which
+    holds for what the simulator puts here: numbers, dates, codes and security names.
     """
 
     def __init__(self, columns: Sequence[Column]) -> None:
