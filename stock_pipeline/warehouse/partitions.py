@@ -195,6 +195,15 @@ class Staged:
 
 
 @dataclass(frozen=True)
+class PlacedStage:
+    """A stage put in place of its year's partition: the window's rows that went with the
+    old partition, and how (swapped in, or moved in place and why)."""
+
+    deleted: int
+    how: str
+
+
+@dataclass(frozen=True)
 class _StageIndexes:
     """How to index a stage: CREATE INDEX statements (any order, any connection), then the
     ALTER TABLE statements that turn unique indexes into the key constraints."""
@@ -526,9 +535,8 @@ async def place_stage(
     columns: Sequence[str],
     where: str,
     arguments: Sequence[Any],
-) -> tuple[int, str]:
-    """Put the indexed stage in place of `{table}_{year}`, in the caller's transaction.
-    Returns the rows removed from the window and what was done."""
+) -> PlacedStage:
+    """Put the indexed stage in place of `{table}_{year}`, in the caller's transaction."""
     partition = f"{table.name}_{whole.year}"
     stage = _stage(table, whole.year)
     removed, done = 0, "attached"
@@ -549,7 +557,7 @@ async def place_stage(
                 f"INSERT INTO {quote(partition)} ({listed}) SELECT {listed} FROM {stage}"
             )
             await conn.execute(f"DROP TABLE {stage}")
-            return int(status.split()[-1]), done
+            return PlacedStage(int(status.split()[-1]), done)
         removed = await conn.fetchval(f"SELECT count(*) FROM {quote(partition)}")
         await conn.execute(f"DROP TABLE {quote(partition)}")
     schema = await conn.fetchval(
@@ -563,7 +571,7 @@ async def place_stage(
         f"FOR VALUES FROM ({low}) TO ({high})"
     )
     await conn.execute(f"ALTER TABLE {quote(partition)} DROP CONSTRAINT {quote(_BOUND)}")
-    return removed, done
+    return PlacedStage(removed, done)
 
 
 async def drop_stages(conn: asyncpg.Connection, table: Table, plan: Iterable[WholeYear]) -> None:

@@ -29,9 +29,10 @@ while the server stores the current one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -107,6 +108,23 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc.args[0] if exc.args else ''}"
 
 
+@dataclass(frozen=True)
+class Written:
+    """What one write's transaction did: rows inserted, updated or copied (`changed`), rows
+    left as they were (`unchanged`, upsert) or removed (`deleted`, replace_window), chunks sent,
+    and the method that did it ("insert" after a fallback; set by _run)."""
+
+    changed: int
+    chunks: int
+    deleted: int = 0
+    unchanged: int = 0
+    method: Method = "copy"
+
+
+# A write's transaction: body(conn, method, progress), run by _run.
+WriteBody = Callable[[asyncpg.Connection, Method, Progress], Awaitable[Written]]
+
+
 async def _prepare(
     db: Database, table: Table | str, rows: pd.DataFrame | Mapping[str, Any]
 ) -> Batch:
@@ -120,54 +138,44 @@ async def _prepare(
 
 
 def _finish(
-    batch: Batch,
-    operation: str,
-    outcome: tuple[int, int, int, int],
-    began: float,
-    used: Method,
-    detail: str,
+    batch: Batch, operation: str, written: Written, began: float, detail: str
 ) -> WriteResult:
-    """The WriteResult of a call, logged in one line; `outcome` is (changed, unchanged,
-    deleted, chunks) and `detail` what the log line says about them."""
-    changed, unchanged, deleted, chunks = outcome
+    """The WriteResult of a call, logged in one line; `detail` is what the line says about
+    the rows."""
     result = WriteResult(
         batch.name,
         operation,
         len(batch),
-        changed,
-        unchanged,
-        deleted,
+        written.changed,
+        written.unchanged,
+        written.deleted,
         batch.duplicates,
-        chunks,
+        written.chunks,
         time.perf_counter() - began,
-        used,
+        written.method,
     )
     log.info(
         "[writer] %s %s: %s, %d chunks, %.2fs%s",
         batch.name,
         operation,
         detail,
-        chunks,
+        written.chunks,
         result.seconds,
-        "" if used == "copy" else " (INSERT fallback)",
+        "" if written.method == "copy" else " (INSERT fallback)",
     )
     return result
 
 
 async def _run(
-    db: Database,
-    batch: Batch,
-    operation: str,
-    method: Method,
-    body,
-) -> tuple[tuple[int, int], Method]:
+    db: Database, batch: Batch, operation: str, method: Method, body: WriteBody
+) -> Written:
     """Run `body(conn, method, progress)` in one transaction; on a COPY refusal, run it again
-    with INSERT. Maps data errors to WriteError. Returns body's result and the method used."""
+    with INSERT. Maps data errors to WriteError."""
     progress = Progress(batch)
     async with connection(db) as conn:
         try:
             async with conn.transaction():
-                return await body(conn, method, progress), method
+                return dataclasses.replace(await body(conn, method, progress), method=method)
         except COPY_REFUSED as exc:
             if method != "copy":
                 raise progress.error(exc) from exc
@@ -182,9 +190,195 @@ async def _run(
         try:
             progress = Progress(batch)
             async with conn.transaction():
-                return await body(conn, "insert", progress), "insert"
+                return dataclasses.replace(await body(conn, "insert", progress), method="insert")
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             raise progress.error(exc) from exc
+
+
+# -- replace_window ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """The rows a replace_window replaces: `column` (the table's trade_date) in [start, end],
+    and, when `codes` is given, code in `codes`."""
+
+    column: str
+    start: date
+    end: date
+    codes: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, table: Table, start: date, end: date, codes: Sequence[str] | None) -> Window:
+        column = table.info.get("partition_column") or "trade_date"
+        if column not in table.c:
+            raise WriteError(table.name, "replace_window needs a trade_date-partitioned table")
+        if start > end:
+            raise ValueError(f"replace_window: start {start} is after end {end}")
+        if codes is not None and "code" not in table.c:
+            raise WriteError(table.name, "codes given, but the table has no code column")
+        return cls(column, start, end, None if codes is None else tuple(codes))
+
+    @property
+    def key_columns(self) -> list[str]:
+        """The columns the window is checked on."""
+        return [self.column, *([] if self.codes is None else ["code"])]
+
+    @property
+    def where(self) -> str:
+        """The window as an SQL condition over the parameters `arguments()`."""
+        where = f"{quote(self.column)} BETWEEN $1 AND $2"
+        return where if self.codes is None else where + " AND code = ANY($3::text[])"
+
+    def arguments(self, low: date | None = None, high: date | None = None) -> list[Any]:
+        """Parameters of `where`: the window, or only its dates in [low, high]."""
+        dates = [self.start if low is None else low, self.end if high is None else high]
+        return dates if self.codes is None else [*dates, list(self.codes)]
+
+    def check(self, batch: Batch) -> None:
+        """Raise WriteError if a row of the batch lies outside the window."""
+        dates = batch.dates(self.column)
+        outside = (dates < np.datetime64(self.start, "D")) | (dates > np.datetime64(self.end, "D"))
+        if outside.any():
+            first = int(np.flatnonzero(outside)[0])
+            raise WriteError(
+                batch.name,
+                f"{int(outside.sum())} rows lie outside the window {self.start}..{self.end}, "
+                f"e.g. key {batch.describe_key(first)}",
+                column=self.column,
+                key=batch.key_at(first),
+            )
+        if self.codes is not None:
+            objects = batch.prepared["code"].objects
+            assert objects is not None
+            foreign = ~pd.Series(objects).isin(set(self.codes)).to_numpy()
+            if foreign.any():
+                first = int(np.flatnonzero(foreign)[0])
+                raise WriteError(
+                    batch.name,
+                    f"{int(foreign.sum())} rows have codes not in the replaced codes, "
+                    f"e.g. key {batch.describe_key(first)}",
+                    column="code",
+                    key=batch.key_at(first),
+                )
+
+
+@dataclass(frozen=True)
+class ReplacePlan:
+    """One replace_window, decided before its transaction: the checked batch and its window,
+    each row's year, and the years with enough rows to have their partition built whole.
+
+    `write` is the write's transaction. `staged`: the whole years' stages were built over
+    several connections beforehand (`_replace_with_stages`), so the transaction only places
+    them; without it, the transaction plans, builds and places them itself.
+    """
+
+    batch: Batch
+    window: Window
+    row_years: np.ndarray
+    big_years: list[int]
+    chunk_rows: int
+    staged: partitions.Staged | None = None
+
+    @classmethod
+    def make(
+        cls,
+        table: Table,
+        rows: pd.DataFrame | Mapping[str, Any],
+        window: Window,
+        chunk_rows: int | None,
+    ) -> ReplacePlan:
+        size = resolve_chunk_rows(chunk_rows)
+        batch = Batch(table, rows, extra_keys=window.key_columns)
+        window.check(batch)
+        row_years = batch.row_years(window.column)
+        return cls(batch, window, row_years, partitions.big_years(table, row_years), size)
+
+    @property
+    def table(self) -> Table:
+        return self.batch.table
+
+    async def whole_years(self, conn: asyncpg.Connection) -> list[partitions.WholeYear]:
+        """Which big years get their partition built whole (the caller holds the table's
+        write and partition locks)."""
+        return await partitions.plan_whole_years(
+            conn, self.table, self.big_years, self.window.where, self.window.arguments()
+        )
+
+    async def write(self, conn: asyncpg.Connection, how: Method, progress: Progress) -> Written:
+        """The transaction: delete the window outside the years built whole, COPY the rows of
+        the other years straight in, then put each whole year's partition in place."""
+        await lock_until_commit(conn, write_lock(self.table.name))
+        whole = await self._years_built_whole(conn)
+        years = [w.year for w in whole]
+        deleted = await self._delete_outside(conn, years)
+        rest = self.batch.subset(~np.isin(self.row_years, years))
+        chunks = await copy_batch(conn, rest, self.table.name, self.chunk_rows, how, progress)
+        for year in whole:
+            placed = await self._place_whole_year(conn, year, how, progress)
+            deleted += placed.deleted
+            chunks += placed.chunks
+        return Written(len(self.batch), chunks, deleted)
+
+    async def _years_built_whole(self, conn: asyncpg.Connection) -> list[partitions.WholeYear]:
+        """The years staged already, or else planned now, in the transaction."""
+        if self.staged:
+            return self.staged.plan
+        if self.big_years:
+            # Held to the commit: nobody creates these partitions meanwhile.
+            await lock_until_commit(conn, partitions_lock(self.table.name))
+        return await self.whole_years(conn)
+
+    async def _delete_outside(self, conn: asyncpg.Connection, years: Sequence[int]) -> int:
+        """Delete the window's stored rows, except in `years` (their partitions are replaced
+        whole); returns how many."""
+        deleted = 0
+        for low, high in partitions.ranges_outside_years(self.window.start, self.window.end, years):
+            status = await conn.execute(
+                f"DELETE FROM {quote(self.table.name)} WHERE {self.window.where}",
+                *self.window.arguments(low, high),
+            )
+            deleted += int(status.split()[-1])
+        return deleted
+
+    async def _place_whole_year(
+        self,
+        conn: asyncpg.Connection,
+        year: partitions.WholeYear,
+        how: Method,
+        progress: Progress,
+    ) -> Written:
+        """Build the year's stage here unless it is staged already, and put it in place."""
+        began = time.perf_counter()
+        in_year = self.row_years == year.year
+        chunks = 0
+        if self.staged is None:
+            chunks = await partitions.build_stage_in_transaction(
+                conn, self.table, year, self.batch.subset(in_year), self.chunk_rows, how, progress
+            )
+        placed = await partitions.place_stage(
+            conn,
+            self.table,
+            year,
+            self.batch.column_names,
+            self.window.where,
+            self.window.arguments(),
+        )
+        rows = int(in_year.sum())
+        log.info(
+            "[writer] %s: %s partition %s_%d whole (%d rows, %s), %s, %.2fs",
+            self.table.name,
+            "rebuilt" if year.replaces else "built",
+            self.table.name,
+            year.year,
+            rows,
+            f"{self.staged.streams} COPY streams, indexes built in parallel"
+            if self.staged
+            else "loaded and indexed in the transaction",
+            placed.how,
+            time.perf_counter() - began + (self.staged.seconds[year.year] if self.staged else 0),
+        )
+        return Written(rows, chunks, placed.deleted)
 
 
 async def replace_window(
@@ -214,163 +408,82 @@ async def replace_window(
     """
     began = time.perf_counter()
     table = resolve(table)
-    date_column = table.info.get("partition_column") or "trade_date"
-    if date_column not in table.c:
-        raise WriteError(table.name, "replace_window needs a trade_date-partitioned table")
-    if start > end:
-        raise ValueError(f"replace_window: start {start} is after end {end}")
-    code_column = "code" if codes is not None else None
-    if codes is not None and "code" not in table.c:
-        raise WriteError(table.name, "codes given, but the table has no code column")
-    batch = Batch(table, rows, extra_keys=[date_column, *([code_column] if code_column else [])])
-    _check_window(batch, date_column, start, end, codes)
-    row_years = batch.row_years(date_column)
-    big_years = partitions.big_years(table, row_years)
-    await ensure_partitions(db, table, year_counts(row_years), leave_missing=big_years)
-    if big_years:
+    plan = ReplacePlan.make(table, rows, Window.of(table, start, end, codes), chunk_rows)
+    streams = partitions.copy_streams(db, streams)
+    await ensure_partitions(db, table, year_counts(plan.row_years), leave_missing=plan.big_years)
+    written = None
+    if plan.big_years:
         await partitions.ensure_stage_schema(db, table)
-    size = resolve_chunk_rows(chunk_rows)
-    parallel = partitions.copy_streams(db, streams)
-
-    where = f"{quote(date_column)} BETWEEN $1 AND $2"
-    window_arguments: list[Any] = [start, end]
-    if codes is not None:
-        where += " AND code = ANY($3::text[])"
-        window_arguments.append(list(codes))
-
-    def body_for(staged: partitions.Staged | None):
-        """The write's transaction; with `staged`, the stages of its plan are built already."""
-
-        async def body(
-            conn: asyncpg.Connection, how: Method, progress: Progress
-        ) -> tuple[int, int]:
-            await lock_until_commit(conn, write_lock(table.name))
-            if staged:
-                whole = staged.plan
-            else:
-                if big_years:
-                    # Held to the commit: nobody creates these partitions meanwhile.
-                    await lock_until_commit(conn, partitions_lock(table.name))
-                whole = await partitions.plan_whole_years(
-                    conn, table, big_years, where, window_arguments
-                )
-            years = [w.year for w in whole]
-            deleted = 0
-            for low, high in partitions.ranges_outside_years(start, end, years):
-                status = await conn.execute(
-                    f"DELETE FROM {quote(table.name)} WHERE {where}",
-                    low,
-                    high,
-                    *window_arguments[2:],
-                )
-                deleted += int(status.split()[-1])
-            rest = batch.subset(~np.isin(row_years, years))
-            count = await copy_batch(conn, rest, table.name, size, how, progress)
-            for year in whole:
-                in_year = row_years == year.year
-                year_began = time.perf_counter()
-                if staged is None:
-                    part = batch.subset(in_year)
-                    count += await partitions.build_stage_in_transaction(
-                        conn, table, year, part, size, how, progress
-                    )
-                removed, done = await partitions.place_stage(
-                    conn, table, year, batch.column_names, where, window_arguments
-                )
-                deleted += removed
-                log.info(
-                    "[writer] %s: %s partition %s_%d whole (%d rows, %s), %s, %.2fs",
-                    table.name,
-                    "rebuilt" if year.replaces else "built",
-                    table.name,
-                    year.year,
-                    int(in_year.sum()),
-                    f"{staged.streams} COPY streams, indexes built in parallel"
-                    if staged
-                    else "loaded and indexed in the transaction",
-                    done,
-                    time.perf_counter() - year_began + (staged.seconds[year.year] if staged else 0),
-                )
-            return deleted, count
-
-        return body
-
-    outcome = None
-    if big_years and parallel > 1 and method == "copy":
-        assert isinstance(db, asyncpg.Pool)
-        outcome = await _replace_with_stages(
-            db,
-            table,
-            batch,
-            row_years,
-            big_years,
-            where,
-            window_arguments,
-            size,
-            parallel,
-            body_for,
-        )
-    if outcome is None:
-        outcome = await _run(db, batch, "replace_window", method, body_for(None))
-    (deleted, chunks), used = outcome
+        if streams > 1 and method == "copy":
+            assert isinstance(db, asyncpg.Pool)  # copy_streams gives one connection one stream
+            written = await _replace_with_stages(db, plan, streams)
+    if written is None:
+        written = await _run(db, plan.batch, "replace_window", method, plan.write)
     return _finish(
-        batch,
+        plan.batch,
         "replace_window",
-        (len(batch), 0, deleted, chunks),
+        written,
         began,
-        used,
-        f"{start}..{end}: {len(batch)} rows, {deleted} deleted",
+        f"{start}..{end}: {len(plan.batch)} rows, {written.deleted} deleted",
     )
 
 
 async def _replace_with_stages(
-    pool: asyncpg.Pool,
-    table: Table,
-    batch: Batch,
-    row_years: np.ndarray,
-    big_years: Sequence[int],
-    where: str,
-    window_arguments: Sequence[Any],
-    size: int,
-    streams: int,
-    body_for,
-) -> tuple[tuple[int, int], Method] | None:
+    pool: asyncpg.Pool, plan: ReplacePlan, streams: int
+) -> Written | None:
     """replace_window with its whole years staged over several connections first; None when
     there is nothing to stage or the server refuses COPY (then the caller writes it all in one
     transaction, which can fall back to INSERT)."""
     async with (
-        partitions.table_session_locks(pool, table) as conn,
+        partitions.table_session_locks(pool, plan.table) as conn,
         contextlib.AsyncExitStack() as stack,
     ):
-        plan = await partitions.plan_whole_years(conn, table, big_years, where, window_arguments)
-        if not plan:
+        whole = await plan.whole_years(conn)
+        if not whole:
             return None
         try:
             connections = [conn, *await partitions.extra_connections(pool, streams - 1, stack)]
-            staged = partitions.Staged(plan, len(connections))
-            for whole in plan:
-                part = batch.subset(row_years == whole.year)
-                began = time.perf_counter()
-                try:
-                    staged.chunks += await partitions.build_stage_in_parallel(
-                        connections, table, whole, part, size
-                    )
-                except COPY_REFUSED as refused:
-                    log.warning(
-                        "[writer] %s: COPY refused while staging (%s); writing in one "
-                        "transaction instead",
-                        table.name,
-                        _describe(refused),
-                    )
-                    return None
-                staged.seconds[whole.year] = time.perf_counter() - began
+            staged = await _build_stages(connections, plan, whole)
+            if staged is None:
+                return None
             await stack.aclose()  # give the extra connections back before the transaction
-            (deleted, chunks), used = await _run(
-                conn, batch, "replace_window", "copy", body_for(staged)
-            )
-            return (deleted, chunks + staged.chunks), used
+            staged_plan = dataclasses.replace(plan, staged=staged)
+            written = await _run(conn, plan.batch, "replace_window", "copy", staged_plan.write)
+            return dataclasses.replace(written, chunks=written.chunks + staged.chunks)
         finally:
-            await partitions.drop_stages(conn, table, plan)
+            await partitions.drop_stages(conn, plan.table, whole)
+
+
+async def _build_stages(
+    connections: Sequence[asyncpg.Connection],
+    plan: ReplacePlan,
+    whole: list[partitions.WholeYear],
+) -> partitions.Staged | None:
+    """Load and index the stage of every whole year over all `connections`; None when the
+    server refuses COPY."""
+    staged = partitions.Staged(whole, len(connections))
+    for year in whole:
+        began = time.perf_counter()
+        try:
+            staged.chunks += await partitions.build_stage_in_parallel(
+                connections,
+                plan.table,
+                year,
+                plan.batch.subset(plan.row_years == year.year),
+                plan.chunk_rows,
+            )
+        except COPY_REFUSED as refused:
+            log.warning(
+                "[writer] %s: COPY refused while staging (%s); writing in one transaction instead",
+                plan.table.name,
+                _describe(refused),
+            )
+            return None
+        staged.seconds[year.year] = time.perf_counter() - began
+    return staged
+
+
+# -- append and upsert ---------------------------------------------------------------------------
 
 
 async def append(
@@ -391,40 +504,11 @@ async def append(
     batch = await _prepare(db, table, rows)
     size = resolve_chunk_rows(chunk_rows)
 
-    async def body(conn: asyncpg.Connection, how: Method, progress: Progress) -> tuple[int, int]:
-        return len(batch), await copy_batch(conn, batch, batch.name, size, how, progress)
+    async def body(conn: asyncpg.Connection, how: Method, progress: Progress) -> Written:
+        return Written(len(batch), await copy_batch(conn, batch, batch.name, size, how, progress))
 
-    (written, chunks), used = await _run(db, batch, "append", method, body)
-    return _finish(batch, "append", (written, 0, 0, chunks), began, used, f"{len(batch)} rows")
-
-
-def _check_window(
-    batch: Batch, date_column: str, start: date, end: date, codes: Sequence[str] | None
-) -> None:
-    dates = batch.dates(date_column)
-    outside = (dates < np.datetime64(start, "D")) | (dates > np.datetime64(end, "D"))
-    if outside.any():
-        first = int(np.flatnonzero(outside)[0])
-        raise WriteError(
-            batch.name,
-            f"{int(outside.sum())} rows lie outside the window {start}..{end}, "
-            f"e.g. key {batch.describe_key(first)}",
-            column=date_column,
-            key=batch.key_at(first),
-        )
-    if codes is not None:
-        objects = batch.prepared["code"].objects
-        assert objects is not None
-        foreign = ~pd.Series(objects).isin(set(codes)).to_numpy()
-        if foreign.any():
-            first = int(np.flatnonzero(foreign)[0])
-            raise WriteError(
-                batch.name,
-                f"{int(foreign.sum())} rows have codes not in the replaced codes, "
-                f"e.g. key {batch.describe_key(first)}",
-                column="code",
-                key=batch.key_at(first),
-            )
+    written = await _run(db, batch, "append", method, body)
+    return _finish(batch, "append", written, began, f"{len(batch)} rows")
 
 
 def _key_range(alias: str, key: Sequence[str]) -> str:
@@ -499,7 +583,7 @@ async def upsert(
     overlap = _overlap_sql(table.name, batch)
     columns = ", ".join(map(quote, batch.column_names))
 
-    async def body(conn: asyncpg.Connection, how: Method, progress: Progress) -> tuple[int, int]:
+    async def body(conn: asyncpg.Connection, how: Method, progress: Progress) -> Written:
         # Shared: upserts of one table run together; replace_window waits for them.
         await lock_until_commit(conn, write_lock(table.name), shared=True)
         # Room to hash a chunk's stored rows in memory for the unchanged-row probe.
@@ -534,14 +618,7 @@ async def upsert(
                 changed += int(status.split()[-1])
         if staged:
             await conn.execute(f"DROP TABLE {staging}")
-        return changed, count
+        return Written(changed, count, unchanged=len(batch) - changed)
 
-    (changed, chunks), used = await _run(db, batch, "upsert", method, body)
-    return _finish(
-        batch,
-        "upsert",
-        (changed, len(batch) - changed, 0, chunks),
-        began,
-        used,
-        f"{len(batch)} rows, {changed} changed",
-    )
+    written = await _run(db, batch, "upsert", method, body)
+    return _finish(batch, "upsert", written, began, f"{len(batch)} rows, {written.changed} changed")
