@@ -1,8 +1,10 @@
-"""DataFrame columns -> validated typed arrays -> PostgreSQL binary COPY bytes, with NumPy.
+"""DataFrame columns -> validated typed arrays -> PostgreSQL binary COPY bytes, with NumPy; and
+back: binary COPY bytes -> typed arrays.
 
 Pure functions, no I/O. The writer (writer.py) calls `prepare_column` for every column of a chunk
 and `encode_binary` to turn the chunk into one binary COPY stream; `to_records` produces plain
-Python tuples for the INSERT fallback.
+Python tuples for the INSERT fallback. The reader (reader.py) calls `decode_binary` on the
+output of a `COPY (query) TO STDOUT (FORMAT binary)`.
 
 Why a hand-written encoder: asyncpg's `copy_records_to_table` needs one Python tuple per row and
 encodes value by value; building 1,000,000 tuples from a DataFrame costs more than the server
@@ -23,7 +25,7 @@ import pandas as pd
 from sqlalchemy import BigInteger, Boolean, Date, DateTime, Float, Integer, SmallInteger, String
 from sqlalchemy.types import TypeEngine
 
-Kind = Literal["float8", "int8", "int4", "int2", "bool", "date", "timestamp", "text"]
+Kind = Literal["float8", "float4", "int8", "int4", "int2", "bool", "date", "timestamp", "text"]
 
 _PG_EPOCH_DAYS = 10_957  # 2000-01-01 counted from 1970-01-01: PostgreSQL's date zero
 _PG_EPOCH_US = _PG_EPOCH_DAYS * 86_400 * 1_000_000
@@ -35,6 +37,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
 # Wire format of each kind; the structured-array assignment byte-swaps while it copies.
 _WIRE: dict[str, str] = {
     "float8": ">f8",
+    "float4": ">f4",
     "int8": ">i8",
     "int4": ">i4",
     "int2": ">i2",
@@ -42,7 +45,8 @@ _WIRE: dict[str, str] = {
     "date": ">i4",
     "timestamp": ">i8",
 }
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_COPY_HEADER = _COPY_SIGNATURE + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 # More layout groups than this fraction of the rows: rows are too irregular for block writes.
 _MAX_GROUP_FRACTION = 8
@@ -472,3 +476,205 @@ def to_records(columns: Sequence[PreparedColumn]) -> list[tuple]:
             values[col.null] = None
         lists.append(values.tolist())
     return list(zip(*lists, strict=True))
+
+
+# -- decoding ----------------------------------------------------------------------------------
+#
+# A binary COPY tuple is a field count (int16) and, per field, a length (int32, -1 for NULL)
+# and that many bytes. Tuples follow each other without an index: where one starts depends on
+# the sizes of all before it. When every tuple has the same layout (no NULLs, text of equal byte
+# length: what reader.py's query wrapping makes of market data, whose codes are all 9 bytes)
+# the stream is an (n, size) table and each column one strided view. When text lengths vary,
+# the tuples are first located one by one (reading only the text lengths), then gathered.
+
+# What each kind decodes to: the encoder's value encodings, in native byte order.
+_DECODED: dict[str, type] = {
+    "float8": np.float64,
+    "float4": np.float64,
+    "int8": np.int64,
+    "int4": np.int64,
+    "int2": np.int64,
+    "bool": np.bool_,
+    "date": np.int32,
+    "timestamp": np.int64,
+}
+
+
+def decode_binary(data: np.ndarray, kinds: Sequence[Kind]) -> list[np.ndarray]:
+    """The fields of a binary COPY stream (uint8 array) holding no NULLs, one array per field:
+    float64 (float8, float4), int64 (int8, int4, int2), bool, int32 days since 2000-01-01
+    (date), int64 microseconds since 2000-01-01 (timestamp), object arrays of str (text).
+
+    Raises ValueError for a stream that is not binary COPY of these kinds, or holds a NULL.
+    """
+    body = _body(data)
+    if not len(body):
+        return [np.empty(0, dtype=_DECODED.get(kind, object)) for kind in kinds]
+    lengths = _first_layout(body, kinds)
+    columns = _decode_one_layout(body, kinds, lengths)
+    return columns if columns is not None else _decode_located(body, kinds)
+
+
+def _width(kind: Kind) -> int:
+    return np.dtype(_WIRE[kind]).itemsize
+
+
+def _body(data: np.ndarray) -> np.ndarray:
+    """The tuples of a binary COPY stream, without header and trailer."""
+    if len(data) < len(_COPY_HEADER) + 2 or data[:11].tobytes() != _COPY_SIGNATURE:
+        raise ValueError("not a binary COPY stream (no PGCOPY signature)")
+    extension = int.from_bytes(data[15:19].tobytes(), "big")
+    if data[-2:].tobytes() != _COPY_TRAILER:
+        raise ValueError("binary COPY stream is truncated (no trailer)")
+    return data[len(_COPY_HEADER) + extension : -2]
+
+
+def _first_layout(body: np.ndarray, kinds: Sequence[Kind]) -> list[int]:
+    """The field lengths of the first tuple, checked: no NULL, numbers of their width."""
+    if int.from_bytes(body[:2].tobytes(), "big") != len(kinds):
+        raise ValueError(f"binary COPY tuples do not have {len(kinds)} fields")
+    lengths, pos = [], 2
+    for i, kind in enumerate(kinds):
+        length = int.from_bytes(body[pos : pos + 4].tobytes(), "big", signed=True)
+        if length < 0:
+            raise ValueError(f"field {i} is NULL: decode_binary takes streams without NULLs")
+        if kind != "text" and length != _width(kind):
+            raise ValueError(f"field {i} has {length} bytes, not the {_width(kind)} of {kind}")
+        lengths.append(length)
+        pos += 4 + length
+    return lengths
+
+
+# Tuples decoded at a time: a block stays in the CPU cache while each of its columns is
+# copied out (one strided pass over all tuples per column would fetch every tuple from memory
+# once per column).
+_BLOCK_TUPLES = 1 << 14
+
+
+def _decode_one_layout(
+    body: np.ndarray, kinds: Sequence[Kind], lengths: Sequence[int]
+) -> list[np.ndarray] | None:
+    """The fields when every tuple has the first tuple's layout, else None.
+
+    The tuples are then an (n, size) table, each field a strided column. Checked in order as
+    they are copied out: tuple k + 1 starts right after tuple k when k has the first tuple's
+    field count and length words, so every tuple passing the check proves them all."""
+    size = 2 + sum(4 + n for n in lengths)
+    if len(body) % size:
+        return None
+    table = body.reshape(len(body) // size, size)
+    out = [
+        np.empty((len(table), length), np.uint8)
+        if kind == "text"
+        else np.empty(len(table), _DECODED[kind])
+        for kind, length in zip(kinds, lengths, strict=True)
+    ]
+    for low in range(0, len(table), _BLOCK_TUPLES):
+        block = table[low : low + _BLOCK_TUPLES]
+        high = low + len(block)
+        if not (block[:, :2].view(">i2")[:, 0] == len(kinds)).all():
+            return None
+        pos = 2
+        for kind, length, column in zip(kinds, lengths, out, strict=True):
+            if not (block[:, pos : pos + 4].view(">i4")[:, 0] == length).all():
+                return None
+            value = block[:, pos + 4 : pos + 4 + length]
+            column[low:high] = value if kind == "text" else value.view(_WIRE[kind])[:, 0]
+            pos += 4 + length
+    return [
+        _text_values(column) if kind == "text" else column
+        for kind, column in zip(kinds, out, strict=True)
+    ]
+
+
+def _text_values(values: np.ndarray) -> np.ndarray:
+    """An (n, width) uint8 array of UTF-8 values as an object array of str."""
+    n, width = values.shape
+    if width == 0:
+        return np.full(n, "", dtype=object)
+    # Rows in code order repeat each code: decode each run once and share the str objects.
+    starts = np.flatnonzero(np.append(True, (values[1:] != values[:-1]).any(axis=1)))
+    if len(starts) < n // 4:
+        runs = _text_values(values[starts])
+        return np.repeat(runs, np.diff(np.append(starts, n)))
+    # PostgreSQL text never holds NUL, so NUL separates the values: one decode, one split.
+    joined = np.zeros((n, width + 1), dtype=np.uint8)
+    joined[:, :width] = values
+    return _split(joined)
+
+
+def _split(joined: np.ndarray) -> np.ndarray:
+    """UTF-8 values each followed by a NUL, as an object array of str."""
+    return np.array(joined.tobytes().decode("utf-8").split("\x00")[:-1], dtype=object)
+
+
+def _decode_located(body: np.ndarray, kinds: Sequence[Kind]) -> list[np.ndarray]:
+    """Fields of tuples whose text lengths vary: tuples located, then values gathered."""
+    starts, text_lengths = _locate(body, kinds)
+    if not (_gather(body, starts, ">i2") == len(kinds)).all():
+        raise ValueError(f"binary COPY tuples do not have {len(kinds)} fields")
+    columns, pos, text = [], starts + 2, 0
+    for i, kind in enumerate(kinds):
+        if kind == "text":
+            length = text_lengths[:, text]
+            text += 1
+            columns.append(_ragged_text(body, pos + 4, length))
+        else:
+            length = _width(kind)
+            if not (_gather(body, pos, ">i4") == length).all():
+                raise ValueError(f"field {i} is NULL or not {length} bytes in some tuple")
+            columns.append(_gather(body, pos + 4, _WIRE[kind]).astype(_DECODED[kind]))
+        pos = pos + 4 + length
+    return columns
+
+
+def _gather(body: np.ndarray, starts: np.ndarray, wire: str) -> np.ndarray:
+    """The values of dtype `wire` at byte offsets `starts`."""
+    width = np.dtype(wire).itemsize
+    return body[starts[:, None] + np.arange(width)].view(wire)[:, 0]
+
+
+def _ragged_text(body: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Text values of varying byte lengths at `starts` as an object array of str."""
+    total, n = int(lengths.sum()), len(lengths)
+    before = np.cumsum(lengths) - lengths  # bytes of the values before each one
+    source = np.repeat(starts - before, lengths) + np.arange(total)
+    target = np.arange(total) + np.repeat(np.arange(n), lengths)  # one NUL after each value
+    joined = np.zeros(total + n, dtype=np.uint8)
+    joined[target] = body[source]
+    return _split(joined)
+
+
+def _locate(body: np.ndarray, kinds: Sequence[Kind]) -> tuple[np.ndarray, np.ndarray]:
+    """Where each tuple starts, and the byte length of each of its text fields, walking the
+    tuples one by one (Python, a few operations per tuple)."""
+    # Bytes before each text field's length word, counted from the end of the field before
+    # (or the tuple start), and after the last text field.
+    gaps, skip = [], 2
+    for kind in kinds:
+        if kind == "text":
+            gaps.append(skip)
+            skip = 0
+        else:
+            skip += 4 + _width(kind)
+    view, from_bytes = body.data, int.from_bytes
+    starts: list[int] = []
+    lengths: list[int] = []
+    pos, end = 0, len(body)
+    while pos < end:
+        starts.append(pos)
+        for gap in gaps:
+            pos += gap
+            length = from_bytes(view[pos : pos + 4], "big", signed=True)
+            if length < 0:
+                raise ValueError("a text field is NULL: decode_binary takes streams without NULLs")
+            lengths.append(length)
+            pos += 4 + length
+        pos += skip
+    if pos != end:
+        raise ValueError(
+            "binary COPY tuples do not add up to the stream: a NULL where none may be, or a "
+            "truncated stream"
+        )
+    located = np.array(lengths, dtype=np.int64).reshape(len(starts), len(gaps))
+    return np.array(starts, dtype=np.int64), located
