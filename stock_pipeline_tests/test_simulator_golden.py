@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import date, timedelta
 
 import baostock
 import baostock.common.contants as bs_constants
@@ -69,6 +69,20 @@ GOLDEN: dict[str, str] = {
     "delisted_weekly_hfq": "187533d1ba6c82e2579ef5fbe75ca057",  # 172 rows
     "delisted_monthly_raw": "9481f265063d0ef089044cc1b7ebba9c",  # 41 rows
     "delisted_adjust_factor": "12704aef33061038eaea78f3d9d94206",  # 1 rows
+    "one_day_raw": "b02c8a08f7bad57ed50a06f90933e9de",  # 1 rows
+    "one_day_hfq": "4aeeed48d63863cddd4da6ac29b86925",  # 1 rows
+    "one_day_suspended": "4c808197038192ef7f5fc9f0676ea121",  # 1 rows
+    "around_suspension_raw": "032ae6e28759c141921a63e84fe25ba1",  # 15 rows
+    "around_suspension_qfq": "0c691c212128bbb9fde8fd7445172416",  # 15 rows
+    "one_month_qfq": "219ee5d233d692fc6cc0bf5ba963434f",  # 23 rows
+    "rows_23": "67753e4185805eb8542c4088d48e9aa3",  # 23 rows
+    "rows_24": "ff1f33e6fc6e2f1f9378d2744f69d705",  # 24 rows
+    "rows_25_valuation": "333bac66cf5f582104b4897ada5c4917",  # 25 rows
+    "one_week_weekly": "42b3cdaf012aff4afab6ba52b14e48d1",  # 1 rows
+    "one_month_weekly": "63b32c161768c0fa0443d78d586d6ad4",  # 4 rows
+    "one_quarter_monthly": "9da6fc5c9f9982f1ec98d354e99eadcc",  # 3 rows
+    "index_one_day": "73a214ebdc68a197c30c34b265c2fad3",  # 1 rows
+    "index_one_month_weekly": "156a704a5df4be0e724129d63f398a5a",  # 4 rows
     "all_stock_2021-03-01": "6d9b4f5f09c21bf11c3573bd5bb4cccc",  # 311 rows
     "all_stock_2024-06-24": "4a8e97f8ee8d0402f1c71f160225e2eb",  # 366 rows
     "all_stock_2025-12-31": "13a153168131866ea171447053cff84e",  # 392 rows
@@ -105,6 +119,11 @@ def _pick(market: Market) -> dict[str, str]:
     }
 
 
+def _first_suspension(market: Market, code: str) -> date:
+    bars = market.daily_bars(code, date(2021, 1, 1), date(2025, 12, 31))
+    return date.fromisoformat(next(b["date"] for b in bars if b["tradestatus"] == "0"))
+
+
 def _cases(market: Market) -> dict[str, tuple]:
     """name -> (client function, its arguments...)."""
     picked = _pick(market)
@@ -129,6 +148,26 @@ def _cases(market: Market) -> dict[str, tuple]:
         cases[f"{name}_weekly_hfq"] = (k, code, PERIOD, *five, "w", "1")
         cases[f"{name}_monthly_raw"] = (k, code, PERIOD, *five, "m", "3")
         cases[f"{name}_adjust_factor"] = ("query_adjust_factor", code, "2010-01-01", "2026-12-31")
+    # Short requests (a day, a week, a month: the daily sync) take another formatting path.
+    sessions = [d.isoformat() for d in market.trading_days(date(2024, 1, 1), date(2024, 3, 31))]
+    stop = _first_suspension(market, picked["suspended_ex"])
+    around = (stop - timedelta(days=10)).isoformat(), (stop + timedelta(days=10)).isoformat()
+    cases |= {
+        "one_day_raw": (k, "sh.600000", DAILY, "2024-06-24", "2024-06-24", "d", "3"),
+        "one_day_hfq": (k, "sz.000001", DAILY, "2024-06-24", "2024-06-24", "d", "1"),
+        "one_day_suspended": (k, picked["suspended_ex"], DAILY, *[stop.isoformat()] * 2, "d", "3"),
+        "around_suspension_raw": (k, picked["suspended_ex"], DAILY, *around, "d", "3"),
+        "around_suspension_qfq": (k, picked["suspended_ex"], DAILY, *around, "d", "2"),
+        "one_month_qfq": (k, picked["star"], DAILY, "2025-12-01", "2025-12-31", "d", "2"),
+        "rows_23": (k, "sh.600000", DAILY, sessions[0], sessions[22], "d", "3"),
+        "rows_24": (k, "sh.600000", DAILY, sessions[0], sessions[23], "d", "1"),
+        "rows_25_valuation": (k, "sz.000001", "date,peTTM,pbMRQ", sessions[0], sessions[24]),
+        "one_week_weekly": (k, picked["chinext_st"], PERIOD, "2024-06-17", "2024-06-21", "w", "3"),
+        "one_month_weekly": (k, "sh.600000", PERIOD, "2024-06-01", "2024-06-30", "w", "1"),
+        "one_quarter_monthly": (k, "sz.000001", PERIOD, "2024-04-01", "2024-06-30", "m", "3"),
+        "index_one_day": (k, "sh.000300", INDEX, "2024-06-24", "2024-06-24", "d", "3"),
+        "index_one_month_weekly": (k, "sz.399001", PERIOD, "2024-06-01", "2024-06-30", "w", "3"),
+    }
     for day in ("2021-03-01", "2024-06-24", "2025-12-31"):
         cases[f"all_stock_{day}"] = ("query_all_stock", day)
     cases["all_stock_closed_day"] = ("query_all_stock", "2024-02-12")

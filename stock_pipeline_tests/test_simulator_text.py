@@ -44,6 +44,19 @@ def test_fixed_equals_format(decimals: int) -> None:
     assert t.to_strings(t.fixed(values, decimals)) == expected
 
 
+def test_small_columns_equal_format() -> None:
+    # Fewer than text._SMALL values are formatted by Python: same text, other code path.
+    values = _floats()[-200:]
+    cents = np.arange(-3, 197) * 37
+    for chunk in range(0, 200, 7):
+        part = values[chunk : chunk + 7]
+        expected = [format(v, ".4f") for v in part.tolist()]
+        assert t.fixed(part, 4).values == t.to_strings(t.fixed(part, 4)) == expected
+        c = cents[chunk : chunk + 7]
+        assert t.to_strings(t.cents(c)) == [cents_str(x) for x in c.tolist()]
+        assert t.to_strings(t.integers(c)) == [str(x) for x in c.tolist()]
+
+
 def test_integers_and_cents_equal_python() -> None:
     rng = np.random.default_rng(4)
     ints = np.concatenate(
@@ -53,6 +66,30 @@ def test_integers_and_cents_equal_python() -> None:
     assert t.to_strings(t.integers(np.array([-7.9, 7.9, 1e10]))) == ["-7", "7", "10000000000"]
     cents = np.concatenate([rng.integers(1, 10**7, 20_000), [0, 1, 9, 10, 99, 100, 101, -5]])
     assert t.to_strings(t.cents(cents)) == [cents_str(c) for c in cents.tolist()]
+
+
+@pytest.mark.parametrize("n", [1, 23, 24, 300])
+def test_tables_of_any_size_equal_json_dumps(n: int) -> None:
+    rng = np.random.default_rng(n)
+    suspended = rng.random(n) < 0.3
+    prices, pct = rng.integers(1, 10**6, n), rng.standard_normal(n) * 3
+    columns = [
+        t.take(
+            t.strings([f"2024-{i // 28 + 1:02d}-{i % 28 + 1:02d}" for i in range(400)]),
+            slice(5, 5 + n),
+        ),
+        t.constant("sh.600000", n),
+        t.blank(t.cents(prices), suspended),
+        t.blank(t.fixed(pct, 6), suspended),
+        t.flags(~suspended),
+        t.constant("", n),
+    ]
+    rows = [list(r) for r in zip(*(t.to_strings(c) for c in columns), strict=True)]
+    assert rows[0][2] == ("" if suspended[0] else cents_str(int(prices[0])))
+    table = t.Table(columns)
+    for lo, hi in ((0, None), (n // 3, n // 2 + 1)):
+        expected = json.dumps({"record": rows[lo:hi]}, separators=(",", ":"))
+        assert table.records_json(lo, hi) == expected
 
 
 def test_table_json_equals_json_dumps() -> None:
