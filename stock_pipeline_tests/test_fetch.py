@@ -295,3 +295,41 @@ def test_rows_of_another_code_are_caught(convert: bool) -> None:
         _foreign_code(_frame_result(["date", "close"], [["2024-06-03", "1"]], convert=convert))
         is None
     )
+
+
+def test_key_column_says_what_each_row_answers(sim: SimulatorServer) -> None:
+    """query_all_stock rows do not carry their day: key_column adds it, for frames converted by
+    the workers (a day lists ~200 securities) and rows converted per batch (a month of dates)."""
+    days = [d.isoformat() for d in sim.market.trading_days(date(2024, 6, 3), date(2024, 6, 7))]
+    months = {"2024-05": ("2024-05-01", "2024-05-31"), "2024-06": ("2024-06-01", "2024-06-30")}
+
+    async def run() -> tuple[FetchResult, FetchResult, dict[str, pd.DataFrame]]:
+        async with BaostockPool(fast_config(sim, concurrency=2)) as pool:
+            listed = await fetch_many(
+                pool,
+                "query_all_stock",
+                {day: {"day": day} for day in days},
+                batch_size=2,
+                key_column="trade_date",
+            )
+            calendar = await fetch_many(
+                pool,
+                "query_trade_dates",
+                {m: {"start_date": a, "end_date": b} for m, (a, b) in months.items()},
+                key_column="month",
+            )
+            singles = {day: await fetch_table(pool, "query_all_stock", day=day) for day in days}
+            with pytest.raises(ValueError, match="already a column"):
+                await fetch_many(pool, "query_all_stock", {}, key_column="code")
+            return listed, calendar, singles
+
+    listed, calendar, singles = asyncio.run(run())
+    assert list(listed.frame.columns) == ["trade_date", "code", "trade_status", "code_name"]
+    assert str(listed.frame["trade_date"].dtype) == "str"
+    for day, single in singles.items():
+        rows = listed.frame[listed.frame["trade_date"] == day].drop(columns="trade_date")
+        assert len(single) >= 100  # big enough to be converted by the worker
+        pd.testing.assert_frame_equal(rows.reset_index(drop=True), single)
+    by_month = calendar.frame.groupby("month")["calendar_date"].agg(["min", "max", "size"])
+    assert by_month["size"].to_dict() == {"2024-05": 31, "2024-06": 30}
+    assert (by_month["min"].dt.strftime("%Y-%m") == by_month.index).all()

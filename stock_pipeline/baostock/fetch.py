@@ -149,6 +149,7 @@ async def fetch_many(
     label: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: BatchSink | None = None,
+    key_column: str | None = None,
 ) -> FetchResult:
     """Run `api` once per key with `requests[key]` as keyword arguments, batch by batch.
 
@@ -156,12 +157,16 @@ async def fetch_many(
     the catalog's snake_case columns) and whose `failures` maps each failed key to its reason.
     With `on_batch`, each batch's typed frame is handed to it instead (sync or async, one call
     at a time) and `frame` stays empty: memory stays bounded for long histories.
-    Never aborts because keys fail, not even all of them. Raises KeyError at once for an API
-    the catalog (apis.py) does not describe, PoolClosedError if the pool is closed underneath,
-    and whatever `on_batch` raises.
+    `key_column` adds each row's request key as the first column (str) under that name, for
+    APIs whose rows do not say what they answer (e.g. query_all_stock's day).
+    Never aborts because keys fail, not even all of them. Raises at once KeyError for an API
+    the catalog (apis.py) does not describe and ValueError for a `key_column` that is already
+    one of its columns; later, PoolClosedError if the pool is closed underneath, and whatever
+    `on_batch` raises.
     """
-    lookup_api(api)
-    run = _FetchRun(pool, api, requests, label or api, batch_size, on_batch)
+    if key_column is not None and key_column in lookup_api(api).columns:
+        raise ValueError(f"key_column {key_column!r} is already a column of {api}")
+    run = _FetchRun(pool, api, requests, label or api, batch_size, on_batch, key_column)
     return await run.run()
 
 
@@ -177,9 +182,10 @@ class _FetchRun:
         label: str,
         batch_size: int,
         on_batch: BatchSink | None,
+        key_column: str | None,
     ):
         self.pool, self.api, self.requests, self.label = pool, api, requests, label
-        self.on_batch = on_batch
+        self.on_batch, self.key_column = on_batch, key_column
         keys = list(requests)
         self.batches = [
             _Batch(i + 1, keys[start : start + batch_size])
@@ -247,11 +253,13 @@ class _FetchRun:
         outcomes = dict(zip(batch.tasks, await asyncio.gather(*batch.tasks.values()), strict=True))
         retried = await self._retry_transient(outcomes)
         parse_started = time.perf_counter()
-        frame, malformed = await asyncio.to_thread(_batch_frame, self.api, outcomes)
+        frame, malformed = await asyncio.to_thread(
+            _batch_frame, self.api, outcomes, self.key_column
+        )
         self.timings.parse_s += time.perf_counter() - parse_started
         for key, reason in malformed.items():
             outcomes[key] = PermanentError(reason, api=self.api, params=self.requests[key])
-        await self._deliver(frame if frame is not None else _empty_for(self.api, self.requests))
+        await self._deliver(frame if frame is not None else self._empty())
         failures = {k: str(o) for k, o in outcomes.items() if isinstance(o, BaostockError)}
         self.failures.update(failures)
         self._log_batch(batch, failures, len(frame) if frame is not None else 0, retried)
@@ -274,6 +282,12 @@ class _FetchRun:
             if delivered is not None:
                 await delivered
         self.rows_delivered += len(frame)
+
+    def _empty(self) -> pd.DataFrame:
+        frame = _empty_for(self.api, self.requests)
+        if self.key_column is not None:
+            frame.insert(0, self.key_column, pd.array([], dtype="str"))
+        return frame
 
     def _log_request(self, key: str, result: FrameResult) -> None:
         logger.debug(
@@ -311,7 +325,7 @@ class _FetchRun:
     def _result(self) -> FetchResult:
         frames = [f for f in self.frames if len(f)] or self.frames[:1]
         if not frames:
-            frame = _empty_for(self.api, self.requests)
+            frame = self._empty()
         else:
             frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         self.timings.wall_s = time.perf_counter() - self.started
@@ -349,37 +363,42 @@ class _FetchRun:
 
 
 def _batch_frame(
-    api: str, outcomes: Mapping[str, Outcome]
+    api: str, outcomes: Mapping[str, Outcome], key_column: str | None = None
 ) -> tuple[pd.DataFrame | None, dict[str, str]]:
     """A batch's typed rows (None if no request returned any) and {key: reason} for keys whose
     rows are malformed. The workers' frames are concatenated; the rows of small replies are
-    converted here, all at once."""
+    converted here, all at once. With `key_column`, each row's key is added under that name."""
     results = {k: o for k, o in outcomes.items() if isinstance(o, FrameResult) and o.row_count}
-    frames = [r.frame for r in results.values() if r.frame is not None]
+    parts = [(r.frame, [k] * len(r.frame)) for k, r in results.items() if r.frame is not None]
     small = {k: r for k, r in results.items() if r.frame is None}
     converted, malformed = _convert_small_replies(api, small)
-    frames += converted
-    if not frames:
+    parts += converted
+    if not parts:
         return None, malformed
-    return (frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)), malformed
+    frames = [frame for frame, _ in parts]
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    if key_column is not None:
+        keys = [key for _, keys in parts for key in keys]
+        frame.insert(0, key_column, pd.array(keys, dtype="str"))
+    return frame, malformed
 
 
 def _convert_small_replies(
     api: str, results: Mapping[str, FrameResult]
-) -> tuple[list[pd.DataFrame], dict[str, str]]:
+) -> tuple[list[tuple[pd.DataFrame, list[str]]], dict[str, str]]:
     """Rows the workers left unconverted: one conversion per field list; a malformed value
-    rejects the rows of its key only."""
+    rejects the rows of its key only. Returns the frames with each row's key, and the reasons."""
     groups: dict[tuple[str, ...], dict[str, FrameResult]] = {}
     for key, result in results.items():
         groups.setdefault(tuple(result.fields), {})[key] = result
-    frames: list[pd.DataFrame] = []
+    parts: list[tuple[pd.DataFrame, list[str]]] = []
     malformed: dict[str, str] = {}
     for fields, group in groups.items():
         rows = [row for result in group.values() for row in result.rows]
         keys = [key for key, result in group.items() for _ in result.rows]
         try:
             frame, reasons = to_frame_by_key(api, fields, rows, keys)
-            frames.append(frame)
+            parts.append((frame, [key for key in keys if key not in reasons]))
         except MalformedValueError:  # a row of the wrong width, or an unknown field: per key
             reasons = {}
             for key, result in group.items():
@@ -387,9 +406,9 @@ def _convert_small_replies(
                 if one is None:
                     reasons[key] = reason
                 else:
-                    frames.append(one)
+                    parts.append((one, [key] * len(one)))
         malformed.update(reasons)
-    return frames, malformed
+    return parts, malformed
 
 
 def _empty_for(api: str, requests: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
