@@ -20,7 +20,7 @@ from stock_pipeline.assets.partitions import partition_day
 from stock_pipeline.baostock.pool import BaostockPool
 from stock_pipeline.calendar import TradingCalendar
 from stock_pipeline.resources import BaostockResource, WarehouseResource
-from stock_pipeline.warehouse import indexes, writer
+from stock_pipeline.warehouse import indexes, reader, writer
 from stock_pipeline.warehouse.engine import Warehouse
 from stock_pipeline.warehouse.tables import SQL_TYPES, table
 
@@ -324,42 +324,6 @@ async def read_sync_dates(
 # -- reads ----------------------------------------------------------------------------------
 
 
-def _empty_column(kind: str) -> pd.Series:
-    dtype = {
-        "date": "datetime64[ns]",
-        "float": "float64",
-        "int": "Int64",
-        "bool": "boolean",
-    }.get(kind, "str")
-    return pd.Series([], dtype=dtype)
-
-
 async def read_frame(wh: Warehouse, name: str, sql: str, *args: Any) -> pd.DataFrame:
     """Rows of `sql` as a DataFrame typed by the columns of warehouse table `name`."""
-    records = await wh.copy_pool.fetch(sql, *args)
-    spec = table(name)
-    kinds = {v: k for k, v in SQL_TYPES.items()}
-    columns: dict[str, Any] = {}
-    names = list(records[0].keys()) if records else _sql_columns(sql)
-    for i, column in enumerate(names):
-        kind = kinds.get(type(spec.c[column].type), "str") if column in spec.c else "str"
-        if not records:
-            columns[column] = _empty_column(kind)
-            continue
-        values = [r[i] for r in records]
-        if kind == "date":
-            columns[column] = pd.to_datetime(pd.Series(values, dtype=object))
-        elif kind == "float":
-            columns[column] = pd.Series(values, dtype="float64")
-        elif kind == "int":
-            columns[column] = pd.Series(values, dtype="Int64")
-        elif kind == "bool":
-            columns[column] = pd.Series(values, dtype="boolean")
-        else:
-            columns[column] = pd.Series(values, dtype="str")
-    return pd.DataFrame(columns)
-
-
-def _sql_columns(sql: str) -> list[str]:
-    head = sql.split("FROM", 1)[0].replace("SELECT", "", 1)
-    return [part.strip().split(" ")[-1].split(".")[-1] for part in head.split(",")]
+    return await reader.read_frame(wh.copy_pool, name, sql, *args)

@@ -80,7 +80,7 @@ async def _record_outcome(job: RawJob) -> None:
     report = job.report
     await runtime.record_fetch(
         job.wh,
-        run_id=job.context.run_id,
+        run_id=job.context.run.run_id,
         dataset=job.name,
         window=job.window,
         requested=report.requested or 0,
