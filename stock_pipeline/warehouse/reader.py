@@ -125,6 +125,10 @@ async def read_frame(
     the same name, a result type that does not match the declared one (the message says what
     to cast), a NULL in a column declared NOT NULL that reads as int64, or a date outside
     datetime64[ns] (1677-2262). Row order is the query's: wrapping keeps it.
+
+    `sql` is one statement (a trailing semicolon is dropped, unless a comment follows it).
+    COPY takes no parameters, so asyncpg inlines `args` as literals, replacing every `$n` in
+    the text, one inside a string literal too.
     """
     specs = _specs(table)
     async with connection(db) as conn:
