@@ -251,6 +251,7 @@ class _FetchRun:
         """Wait for a batch, retry its transient failures once, deliver its frame, log it."""
         await batch.submitted.wait()
         outcomes = dict(zip(batch.tasks, await asyncio.gather(*batch.tasks.values()), strict=True))
+        batch.tasks.clear()  # the replies live in `outcomes` until delivered, then go
         retried = await self._retry_transient(outcomes)
         parse_started = time.perf_counter()
         frame, malformed = await asyncio.to_thread(
