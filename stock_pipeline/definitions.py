@@ -16,6 +16,7 @@ from stock_pipeline.assets.partitions import build_trading_day_partitions
 from stock_pipeline.assets.raw import BAOSTOCK_STEP_TAG, raw_assets
 from stock_pipeline.assets.raw.p0 import P0_CHECKS
 from stock_pipeline.calendar import load_calendar
+from stock_pipeline.instance import apply_event_settings
 from stock_pipeline.resources import BaostockResource, WarehouseResource
 from stock_pipeline.settings import Settings
 
@@ -57,4 +58,5 @@ def build_definitions(
     )
 
 
+apply_event_settings()
 defs = build_definitions(Settings.from_env())

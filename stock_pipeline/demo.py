@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from stock_pipeline.calendar import NotATradingDayError, TradingCalendar, load_calendar
+from stock_pipeline.instance import prepare_instance
 from stock_pipeline.settings import Settings
 
 DEFAULT_CODES = 500
@@ -32,15 +33,6 @@ SIMULATOR_QPS = "2000"  # the simulator is local: BaoStock's politeness limit do
 REFERENCE_ASSETS = ("raw_trade_dates", "raw_stock_basic", "trade_calendar", "stocks")
 DAILY_ASSETS = ("raw_all_stock", "raw_k_daily", "raw_adjust_factor", "stock_daily")
 TABLES = (*REFERENCE_ASSETS[:2], *DAILY_ASSETS[:3], "trade_calendar", "stocks", "stock_daily")
-INSTANCE_YAML = """\
-# Written by `stock-pipeline demo`: the Dagster instance of this STOCK_PIPELINE_HOME.
-telemetry:
-  enabled: false
-python_logs:
-  # The pipeline's own progress lines (batches, retries) go to the run's event log.
-  managed_python_loggers: [stock_pipeline]
-  python_log_level: INFO
-"""
 
 
 class DemoError(Exception):
@@ -77,6 +69,7 @@ class Services:
     """URLs the runs use, and what the demo started (and so stops)."""
 
     env: dict[str, str]
+    dagster_storage_url: str | None = None  # None: Dagster's SQLite files
     started: list[Any] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -106,7 +99,8 @@ def _demo(args: argparse.Namespace) -> int:
             where = os.environ.get("STOCK_PIPELINE_BAOSTOCK_ENDPOINT") or "the real service"
             services.notes.append(f"BaoStock: {where}, every listed stock")
         _migrate(services.env["STOCK_PIPELINE_DATABASE_URL"])
-        services.env["DAGSTER_HOME"] = str(_instance_home(home))
+        instance = prepare_instance(home, services.dagster_storage_url)
+        services.env["DAGSTER_HOME"] = str(instance)
         for note in services.notes:
             print(f"demo: {note}")
         outcome = Outcome()
@@ -149,6 +143,7 @@ def _months_before(calendar: TradingCalendar, end: dt.date, months: int) -> dt.d
 def _start_services(settings: Settings, stack: contextlib.ExitStack) -> Services:
     from stock_pipeline.embedded.postgres import EmbeddedPostgres
     from stock_pipeline.embedded.redis import EmbeddedRedis
+    from stock_pipeline.instance import embedded_storage_url
     from stock_pipeline.warehouse.engine import WAREHOUSE_DATABASE
     from stock_pipeline.warehouse.urls import display_url
 
@@ -162,6 +157,7 @@ def _start_services(settings: Settings, stack: contextlib.ExitStack) -> Services
         postgres = EmbeddedPostgres(settings.home / "postgres")
         _start_embedded(postgres, services, stack)
         url = postgres.ensure_database(WAREHOUSE_DATABASE)
+        services.dagster_storage_url = embedded_storage_url(postgres)
         services.notes.append(f"warehouse: embedded PostgreSQL at {display_url(url)}")
     env["STOCK_PIPELINE_DATABASE_URL"] = url
     if settings.redis_url:
@@ -207,21 +203,14 @@ def _migrate(url: str) -> None:
     migrate.upgrade(url)
 
 
-def _instance_home(home: Path) -> Path:
-    folder = home / "dagster"
-    folder.mkdir(parents=True, exist_ok=True)
-    config = folder / "dagster.yaml"
-    if not config.exists():
-        config.write_text(INSTANCE_YAML, encoding="utf-8")
-    return folder
-
-
 # -- runs -------------------------------------------------------------------------------------
 
 
 @dataclass
 class Outcome:
     runs: list[str] = field(default_factory=list)
+    # A range run records an event per partition: each asset and check is shown once per run.
+    shown: set[str] = field(default_factory=set)
     passed_checks: int = 0
     failed_checks: list[str] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)
@@ -254,6 +243,7 @@ def _materialize(
         command += ["--partition-range", f"{days[0]}...{days[1]}"]
     log_path = Path(env["DAGSTER_HOME"]) / "demo-last-run.log"
     print(f"demo: run {len(outcome.runs) + 1}: {title}")
+    outcome.shown.clear()
     launched = time.time()
     with open(log_path, "w", encoding="utf-8") as log, _child(command, env, log) as child:
         run_id = _follow(child, env["DAGSTER_HOME"], launched, outcome)
@@ -332,12 +322,18 @@ def _print_event(entry: Any, outcome: Outcome) -> None:
         rows = metadata.get("dagster/row_count")
         seconds = metadata.get("seconds_wall")
         key = materialization.asset_key.to_user_string()
+        if key in outcome.shown:
+            return
+        outcome.shown.add(key)
         rows_text = f"{rows.value:,} rows" if rows is not None else ""
         time_text = f", {seconds.value:.1f}s" if seconds is not None else ""
         print(f"  + {key}: {rows_text}{time_text}")
     elif kind == "ASSET_CHECK_EVALUATION":
         evaluation = event.event_specific_data
         name = evaluation.check_name
+        if name in outcome.shown:
+            return
+        outcome.shown.add(name)
         if evaluation.passed:
             outcome.passed_checks += 1
             print(f"    check {name}: passed")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +284,31 @@ def test_range_equals_the_days_run_one_by_one(
     assert max(m["requests_per_code"] for m in later) < 0.5
 
 
+def test_a_listed_code_without_bars_is_reported(
+    make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
+):
+    """BaoStock lists a stock as trading but serves no bars for it: reported, never dropped."""
+    market = SimulatorServer(SIM).market
+    days = load_calendar(None).sessions_between(START, D(2024, 6, 28))
+    victim = next(c for c in market.codes(START) if all(market.is_traded(c, d) for d in days))
+    with SimulatorServer(replace(SIM, fault_codes={victim: "empty"})) as sim:
+        dsn = make_database()
+        migrate.upgrade(dsn)
+        pipeline = Pipeline(sim, tmp_path_factory.mktemp("home"), dsn)
+        assert pipeline.materialize(REFERENCE).success
+        result = pipeline.materialize(DAILY, days[0], days[-1])
+    assert result.success  # the coverage check reports, it does not block
+    bars = _materializations(result)["raw_k_daily"]
+    assert bars["keys_failed"] == 0 and bars["listed_codes_missing_bars"] == len(days)
+    assert victim in bars["missing_bars"]
+    coverage = {e.check_name: e for e in result.get_asset_check_evaluations()}[
+        "stock_daily_coverage_check"
+    ]
+    assert not coverage.passed
+    assert coverage.metadata["missing_bars"].value == len(days)
+    assert victim in coverage.metadata["examples"].value
+
+
 # -- calendar edges --------------------------------------------------------------------------
 
 
@@ -328,3 +356,42 @@ def test_dagster_cli_materializes_one_partition_and_a_range(
     assert pipeline.query(
         "SELECT count(DISTINCT trade_date) FROM stock_daily WHERE trade_date > '2024-07-01'"
     ) == [(4,)]
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_range_reruns_to_the_clean_result(
+    ranged: Pipeline, make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
+):
+    """SIGKILL to the run's whole process tree in the middle of the range, then the same range
+    again: the warehouse ends up identical to a clean run's (and keeps all its indexes)."""
+    slow = replace(SIM, latency_ms=100)  # the same market, slower: time to kill it mid-way
+    with SimulatorServer(slow) as sim:
+        dsn = make_database()
+        migrate.upgrade(dsn)
+        pipeline = Pipeline(sim, tmp_path_factory.mktemp("home"), dsn)
+        assert pipeline.materialize(REFERENCE).success
+        # Small batches and index management even for this short range: a kill lands mid-write
+        # and leaves dropped indexes behind for the rerun to repair.
+        extra = {
+            "STOCK_PIPELINE_BAOSTOCK_BATCH_SIZE": "5",
+            "STOCK_PIPELINE_BULK_LOAD_MIN_DAYS": "2",
+        }
+        run = pipeline.cli("--select", "group:p0 or group:etl", "--partition-range",
+                           f"{START}...{END}", extra_env=extra)  # fmt: skip
+        deadline = time.monotonic() + 300
+        while pipeline.query("SELECT count(*) FROM raw_k_daily")[0][0] == 0:
+            assert run.poll() is None, run.communicate()[0][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+        written = pipeline.query("SELECT count(*) FROM raw_k_daily")[0][0]
+        assert 0 < written < ranged.query("SELECT count(*) FROM raw_k_daily")[0][0]
+        again = pipeline.cli("--select", "group:p0 or group:etl", "--partition-range",
+                             f"{START}...{END}", extra_env=extra)  # fmt: skip
+        out, _ = again.communicate(timeout=600)
+        assert again.returncode == 0, out[-3000:]
+    assert pipeline.checksums() == ranged.checksums()
+    assert pipeline.query("SELECT count(*) FROM index_definitions") == [(0,)]
+    indexes = {r[0] for r in pipeline.query("SELECT indexname FROM pg_indexes")}
+    assert {"ix_stock_daily_trade_date_code", "ix_raw_k_daily_trade_date_code"} <= indexes

@@ -255,14 +255,27 @@ WHERE trade_date BETWEEN $1 AND $2 AND (
 ORDER BY trade_date, code LIMIT 20
 """
 
-UNIQUENESS_SQL = """
-SELECT lower(btrim(code)) AS code, trade_date, count(*) AS copies FROM stock_daily
-WHERE trade_date BETWEEN $1 AND $2
-GROUP BY 1, 2 HAVING count(*) > 1 ORDER BY 2, 1 LIMIT 20
+# Exact duplicates of (code, trade_date) are impossible while the primary key stands: check
+# that it does, on the table and every partition (a bulk load or a manual change could leave a
+# partition without it). Codes in BaoStock's form cannot collide when lower-cased and trimmed;
+# only malformed codes can, so only those are grouped.
+PRIMARY_KEYS_SQL = """
+SELECT c.relname AS relation, i.indexrelid IS NOT NULL AND i.indisvalid AS has_valid_key
+FROM pg_class c
+LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+WHERE c.oid = 'stock_daily'::regclass
+   OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'stock_daily'::regclass)
 """
 MALFORMED_CODES_SQL = """
 SELECT count(*) FROM stock_daily
 WHERE trade_date BETWEEN $1 AND $2 AND code !~ '^(sh|sz|bj)\\.[0-9]{6}$'
+"""
+COLLISIONS_SQL = """
+SELECT lower(btrim(code)) AS code, trade_date, count(*) AS copies FROM stock_daily
+WHERE trade_date BETWEEN $1 AND $2 AND lower(btrim(code)) IN (
+    SELECT lower(btrim(code)) FROM stock_daily
+    WHERE trade_date BETWEEN $1 AND $2 AND code !~ '^(sh|sz|bj)\\.[0-9]{6}$')
+GROUP BY 1, 2 HAVING count(*) > 1 ORDER BY 2, 1 LIMIT 20
 """
 
 RECONCILE_SQL = """
@@ -362,17 +375,26 @@ def build_stock_daily_checks(
     ) -> dg.AssetCheckResult:
         window = runtime.window_of(context, calendar)
         async with warehouse.open() as wh:
-            duplicates = await wh.copy_pool.fetch(UNIQUENESS_SQL, window.start, window.end)
+            keys = await wh.copy_pool.fetch(PRIMARY_KEYS_SQL)
             malformed = await wh.copy_pool.fetchval(MALFORMED_CODES_SQL, window.start, window.end)
-        metadata: dict[str, Any] = {"duplicate_keys": len(duplicates), "malformed_codes": malformed}
+            duplicates = []
+            if malformed:
+                duplicates = await wh.copy_pool.fetch(COLLISIONS_SQL, window.start, window.end)
+        unkeyed = [r["relation"] for r in keys if not r["has_valid_key"]]
+        metadata: dict[str, Any] = {
+            "relations_without_valid_primary_key": unkeyed,
+            "malformed_codes": malformed,
+            "colliding_keys": len(duplicates),
+        }
         if duplicates:
             metadata["examples"] = [
                 f"{r['code']} {r['trade_date']} x{r['copies']}" for r in duplicates
             ]
         return _check(
-            not duplicates and not malformed,
+            not unkeyed and not malformed,
             metadata,
-            f"{len(duplicates)} duplicate keys, {malformed} malformed codes",
+            f"{len(unkeyed)} relations without a valid primary key, {malformed} malformed codes, "
+            f"{len(duplicates)} keys colliding once normalised",
         )
 
     @dg.asset_check(

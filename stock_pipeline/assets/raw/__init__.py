@@ -65,6 +65,10 @@ def build_raw_asset(
             except SyncError as exc:
                 await _record_outcome(job)
                 raise dg.Failure(str(exc), metadata=report.metadata()) from None
+            finally:
+                # Every message this asset sent BaoStock: queries with their pages, logins.
+                report.server_requests = pool.stats.server_requests
+                report.extra["baostock_logins"] = pool.stats.logins
             await _record_outcome(job)
         context.log.info(
             f"[{spec.group.lower()}.{spec.table}] {window or 'all'}: "

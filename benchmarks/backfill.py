@@ -1,0 +1,328 @@
+"""Benchmark: the daily core graph through Dagster, from an empty warehouse.
+
+    uv run python benchmarks/backfill.py [--years 5] [--codes 5000] [--skip-latency]
+
+1. backfill: `dagster asset materialize --select 'group:p0 or group:etl' --partition-range`
+   over `--years` years of trading days for every simulator code, into a fresh embedded
+   PostgreSQL, with the simulator in its own process at 0 ms latency (prewarmed: it serves
+   precomputed markets, as a real server would). Measured: wall time of the CLI run, seconds
+   per stage from the run's metadata and step events, peak memory of the run process and all
+   its workers (sum of RSS over the process tree, sampled), BaoStock k-line requests per code;
+2. increment: the next trading day on top, the same way; BaoStock messages per code (queries,
+   pages and logins, from the assets' metadata);
+3. fetch stage alone against a simulator with 50 ms latency and 8 sessions: requests/s against
+   the bound C/L, for the daily increment's requests (one day per code) and for the backfill's
+   (the whole range per code, on a subset of codes).
+
+Prints one JSON object per line; the last line is the summary. Later issues add their stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from stock_pipeline.baostock.fetch import fetch_daily_bars
+from stock_pipeline.baostock.pool import BaostockPool, PoolConfig
+from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorProcess
+from stock_pipeline.calendar import load_calendar
+from stock_pipeline.instance import embedded_storage_url, prepare_instance
+
+SELECTION = "group:p0 or group:etl"
+RAW_ASSETS = ("raw_trade_dates", "raw_stock_basic", "raw_all_stock", "raw_k_daily",
+              "raw_adjust_factor")  # fmt: skip
+ETL_ASSETS = ("stocks", "trade_calendar", "stock_daily")
+
+
+def emit(record: dict[str, Any]) -> None:
+    print(json.dumps(record, ensure_ascii=False, default=str), flush=True)
+
+
+class TreeMemory:
+    """Peak summed RSS of a process and all its descendants, sampled every `every` s."""
+
+    def __init__(self, pid: int, every: float = 0.2):
+        self.root = psutil.Process(pid)
+        self.every = every
+        self.peak_sum = 0
+        self.peak_single = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                processes = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            sizes = []
+            for process in processes:
+                try:
+                    sizes.append(process.memory_info().rss)
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak_sum = max(self.peak_sum, sum(sizes))
+            self.peak_single = max([self.peak_single, *sizes])
+            time.sleep(self.every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_cli(env: dict[str, str], *args: str, log: Path) -> dict[str, Any]:
+    """One `dagster asset materialize` run; wall time, peak memory, exit code."""
+    command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m",
+               "stock_pipeline.definitions", "--select", SELECTION, *args]  # fmt: skip
+    began = time.perf_counter()
+    with open(log, "w") as out:
+        child = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        memory = TreeMemory(child.pid)
+        code = child.wait()
+        memory.stop()
+    wall = time.perf_counter() - began
+    if code != 0:
+        tail = log.read_text(errors="replace").splitlines()[-30:]
+        raise SystemExit(f"run failed (exit {code}); {log}:\n" + "\n".join(tail))
+    return {
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(memory.peak_sum / 2**20),
+        "peak_single_process_rss_mb": round(memory.peak_single / 2**20),
+    }
+
+
+def run_report(dagster_home: Path) -> dict[str, Any]:
+    """Metadata per asset and step durations of the newest run in the instance."""
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    from dagster import DagsterEventType, DagsterInstance
+
+    instance = DagsterInstance.get()
+    run = instance.get_runs(limit=1)[0]
+    metadata: dict[str, dict[str, Any]] = {}
+    for record in instance.get_records_for_run(
+        run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+    ).records:
+        materialization = (
+            record.event_log_entry.dagster_event.step_materialization_data.materialization
+        )
+        metadata[materialization.asset_key.to_user_string()] = {
+            k: getattr(v, "value", v) for k, v in materialization.metadata.items()
+        }
+    starts: dict[str, float] = {}
+    steps: dict[str, float] = {}
+    for record in instance.get_records_for_run(run.run_id).records:
+        entry = record.event_log_entry
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            starts[entry.step_key] = entry.timestamp
+        elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+            steps[entry.step_key] = entry.timestamp - starts.get(entry.step_key, entry.timestamp)
+    return {"run_id": run.run_id, "metadata": metadata, "steps": steps}
+
+
+def stage_seconds(report: dict[str, Any]) -> dict[str, float]:
+    metadata, steps = report["metadata"], report["steps"]
+
+    def total(assets: tuple[str, ...], key: str) -> float:
+        return sum(metadata.get(a, {}).get(key, 0.0) for a in assets)
+
+    checks = sum(s for name, s in steps.items() if name.endswith("_check"))
+    return {
+        "fetch": round(total(RAW_ASSETS, "seconds_fetch"), 1),
+        "raw_write": round(total(RAW_ASSETS, "seconds_write"), 1),
+        "etl": round(sum(steps.get(a, 0.0) for a in ETL_ASSETS), 1),
+        "checks": round(checks, 1),
+    }
+
+
+def messages(report: dict[str, Any]) -> int:
+    """BaoStock messages of the run: queries (pages included) and logins."""
+    metadata = report["metadata"]
+    return sum(
+        metadata.get(a, {}).get("baostock_requests", 0)
+        + metadata.get(a, {}).get("baostock_logins", 0)
+        for a in RAW_ASSETS
+    )
+
+
+async def fetch_alone(
+    endpoint: tuple[str, int], codes: list[str], start: dt.date, end: dt.date, sessions: int
+) -> dict[str, Any]:
+    config = PoolConfig(endpoint=endpoint, concurrency=sessions, qps=100_000, request_timeout_s=60)
+    async with BaostockPool(config) as pool:
+        began = time.perf_counter()
+        result = await fetch_daily_bars(pool, codes, start, end, on_batch=lambda frame: None)
+        seconds = time.perf_counter() - began
+    return {"requests": result.server_requests, "seconds": seconds, "failed": len(result.failures)}
+
+
+def latency_stage(
+    codes: list[str], backfill: tuple[dt.date, dt.date], day: dt.date, sample: int
+) -> dict[str, Any]:
+    config = SimulatorConfig(seed=7, n_codes=len(codes) + 10, end=day, latency_ms=50, prewarm=True)
+    out: dict[str, Any] = {}
+    with SimulatorProcess(config) as sim:
+        endpoint = (sim.host, sim.port)
+        bound = 8 / 0.050
+        daily = asyncio.run(fetch_alone(endpoint, codes, day, day, 8))
+        rate = daily["requests"] / daily["seconds"]
+        out["daily"] = {
+            "codes": len(codes),
+            **daily,
+            "requests_per_s": round(rate, 1),
+            "bound_ratio": round(rate / bound, 3),
+        }
+        emit({"stage": "fetch_c8_50ms_one_day", **out["daily"]})
+        subset = codes[:sample]
+        ranged = asyncio.run(fetch_alone(endpoint, subset, *backfill, 8))
+        rate = ranged["requests"] / ranged["seconds"]
+        out["range"] = {
+            "codes": len(subset),
+            **ranged,
+            "requests_per_s": round(rate, 1),
+            "bound_ratio": round(rate / bound, 3),
+        }
+        emit({"stage": "fetch_c8_50ms_backfill_range", **out["range"]})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--years", type=int, default=5)
+    parser.add_argument("--codes", type=int, default=5000)
+    parser.add_argument("--end", type=dt.date.fromisoformat, default=dt.date(2025, 12, 31))
+    parser.add_argument(
+        "--latency-sample", type=int, default=800, help="codes for the 50 ms range fetch"
+    )
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary home")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="sp-backfill-"))
+    os.chmod(home, 0o711)  # the embedded PostgreSQL's user must reach its data under root
+    calendar = load_calendar(None)
+    first = calendar.first_session_on_or_after(dt.date(args.end.year - args.years + 1, 1, 1))
+    last = max(calendar.sessions_between(first, args.end))
+    increment = calendar.next_session(last)
+    assert first and increment
+    emit(
+        {
+            "stage": "plan",
+            "start": first,
+            "end": last,
+            "trading_days": len(calendar.sessions_between(first, last)),
+            "increment": increment,
+            "home": home,
+        }
+    )
+
+    from stock_pipeline.embedded.postgres import EmbeddedPostgres
+    from stock_pipeline.warehouse import migrate
+
+    postgres = EmbeddedPostgres(home / "postgres").start()
+    config = SimulatorConfig(
+        seed=7, n_codes=args.codes, end=increment + dt.timedelta(days=7), prewarm=True
+    )
+    try:
+        began = time.perf_counter()
+        with SimulatorProcess(config) as sim:
+            emit(
+                {
+                    "stage": "simulator",
+                    "endpoint": sim.endpoint,
+                    "prewarm_s": round(time.perf_counter() - began, 1),
+                }
+            )
+            url = postgres.ensure_database("stock_pipeline")
+            migrate.upgrade(url)
+            # The Dagster instance as the demo keeps it: run storage in its own database on the
+            # embedded PostgreSQL.
+            dagster_home = prepare_instance(home, embedded_storage_url(postgres))
+            env = {
+                **os.environ,
+                "DAGSTER_HOME": str(dagster_home),
+                "STOCK_PIPELINE_HOME": str(home),
+                "STOCK_PIPELINE_DATABASE_URL": url,
+                "STOCK_PIPELINE_BAOSTOCK_ENDPOINT": sim.endpoint,
+                "STOCK_PIPELINE_BAOSTOCK_QPS": "100000",
+                "STOCK_PIPELINE_START_DATE": first.isoformat(),
+            }
+            backfill = run_cli(
+                env, "--partition-range", f"{first}...{last}", log=home / "backfill.log"
+            )
+            report = run_report(dagster_home)
+            raw_k = report["metadata"]["raw_k_daily"]
+            backfill.update(
+                stages=stage_seconds(report),
+                bars=raw_k["dagster/row_count"],
+                codes=raw_k["keys_requested"],
+                kline_requests_per_code=raw_k["kline_requests_per_code"],
+                steps={k: round(v, 1) for k, v in report["steps"].items()},
+            )
+            emit({"stage": "backfill", **backfill})
+            inc = run_cli(env, "--partition", increment.isoformat(), log=home / "increment.log")
+            inc_report = run_report(dagster_home)
+            codes = inc_report["metadata"]["raw_k_daily"]["keys_requested"]
+            inc.update(
+                stages=stage_seconds(inc_report),
+                codes=codes,
+                baostock_messages=messages(inc_report),
+                requests_per_code=round(messages(inc_report) / codes, 4),
+                steps={k: round(v, 1) for k, v in inc_report["steps"].items()},
+            )
+            emit({"stage": "increment", **inc})
+            universe = sorted(c for c in sim_codes(url))
+    finally:
+        postgres.stop()
+    latency = (
+        {}
+        if args.skip_latency
+        else latency_stage(universe, (first, last), increment, args.latency_sample)
+    )
+    emit(
+        {
+            "summary": "backfill",
+            "years": args.years,
+            "codes": backfill["codes"],
+            "bars": backfill["bars"],
+            "wall_s": backfill["wall_s"],
+            "stage_s": backfill["stages"],
+            "peak_rss_mb": backfill["peak_rss_mb"],
+            "kline_requests_per_code": backfill["kline_requests_per_code"],
+            "increment_wall_s": inc["wall_s"],
+            "increment_requests_per_code": inc["requests_per_code"],
+            "fetch_bound_ratio_c8_50ms": latency.get("daily", {}).get("bound_ratio"),
+            "fetch_bound_ratio_c8_50ms_backfill_range": latency.get("range", {}).get("bound_ratio"),
+        }
+    )
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def sim_codes(url: str) -> list[str]:
+    import psycopg2
+
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT code FROM stocks WHERE security_type = 1")
+        return [r[0] for r in cur.fetchall()]
+
+
+if __name__ == "__main__":
+    main()
