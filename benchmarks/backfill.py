@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -172,9 +173,14 @@ async def fetch_alone(
 
 
 def latency_stage(
-    codes: list[str], backfill: tuple[dt.date, dt.date], day: dt.date, sample: int
+    market: SimulatorConfig,
+    codes: list[str],
+    backfill: tuple[dt.date, dt.date],
+    day: dt.date,
+    sample: int,
 ) -> dict[str, Any]:
-    config = SimulatorConfig(seed=7, n_codes=len(codes) + 10, end=day, latency_ms=50, prewarm=True)
+    """The same market served with 50 ms added to every request."""
+    config = replace(market, latency_ms=50)
     out: dict[str, Any] = {}
     with SimulatorProcess(config) as sim:
         endpoint = (sim.host, sim.port)
@@ -292,7 +298,7 @@ def main() -> None:
     latency = (
         {}
         if args.skip_latency
-        else latency_stage(universe, (first, last), increment, args.latency_sample)
+        else latency_stage(config, universe, (first, last), increment, args.latency_sample)
     )
     emit(
         {
