@@ -32,6 +32,7 @@ DEFAULT_MONTHS = 3
 SIMULATOR_QPS = "2000"  # the simulator is local: BaoStock's politeness limit does not apply
 REFERENCE_ASSETS = ("raw_trade_dates", "raw_stock_basic", "trade_calendar", "stocks")
 DAILY_ASSETS = ("raw_all_stock", "raw_k_daily", "raw_adjust_factor", "stock_daily")
+PROGRESS_PREFIXES = ("[p0.", "[etl.")
 TABLES = (*REFERENCE_ASSETS[:2], *DAILY_ASSETS[:3], "trade_calendar", "stocks", "stock_daily")
 
 
@@ -308,7 +309,8 @@ def _print_event(entry: Any, outcome: Outcome) -> None:
     event = entry.dagster_event
     if event is None:
         message = entry.user_message or ""
-        if message.startswith("[") and entry.level >= 20:
+        # The assets' own progress lines; writer and pool details stay in the event log.
+        if message.startswith(PROGRESS_PREFIXES) and entry.level >= 20:
             print(f"    {message}")
         return
     kind = event.event_type_value
