@@ -14,7 +14,7 @@ import dagster as dg
 from stock_pipeline.assets.etl.p0 import etl_assets
 from stock_pipeline.assets.partitions import build_trading_day_partitions
 from stock_pipeline.assets.raw import BAOSTOCK_STEP_TAG, raw_assets
-from stock_pipeline.assets.raw.p0 import P0_CHECKS
+from stock_pipeline.assets.raw.checks import P0_CHECKS
 from stock_pipeline.calendar import load_calendar
 from stock_pipeline.instance import apply_event_settings
 from stock_pipeline.resources import BaostockResource, WarehouseResource

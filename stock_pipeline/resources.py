@@ -12,14 +12,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
 
-from stock_pipeline.baostock.pool import BaostockPool
 from stock_pipeline.settings import BaostockEndpoint, Settings
-from stock_pipeline.warehouse.engine import Warehouse
+
+if TYPE_CHECKING:  # imported when used: loading the code location stays light
+    from stock_pipeline.baostock.pool import BaostockPool
+    from stock_pipeline.warehouse.engine import Warehouse
 
 
 class BaostockResource(dg.ConfigurableResource):
@@ -52,6 +54,8 @@ class BaostockResource(dg.ConfigurableResource):
     async def pool(self) -> AsyncIterator[BaostockPool]:
         """The session pool for one asset body; every session is logged out and every worker
         joined when the block ends, also on errors and cancellation."""
+        from stock_pipeline.baostock.pool import BaostockPool
+
         async with BaostockPool.from_settings(self.settings()) as pool:
             yield pool
 
@@ -70,6 +74,8 @@ class WarehouseResource(dg.ConfigurableResource):
     @asynccontextmanager
     async def open(self) -> AsyncIterator[Warehouse]:
         """The warehouse's pools for one asset body: both close when the block ends."""
+        from stock_pipeline.warehouse.engine import Warehouse
+
         warehouse = await Warehouse.connect(self.settings())
         try:
             yield warehouse

@@ -1,26 +1,20 @@
 """ETL of the core daily data: raw tables -> stocks, trade_calendar, stock_daily; their checks.
 
-Bodies are read -> compute (stock_pipeline.compute) -> write. Business tables are written with
-upsert / replace_window, never "insert if absent": a value BaoStock corrects reaches them.
+Bodies are read -> compute (stock_pipeline.compute) -> write, in build.py (imported when they
+run). Business tables are written with upsert / replace_window, never "insert if absent": a
+value BaoStock corrects reaches them.
 """
 
 from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 
 from stock_pipeline.assets import runtime
 from stock_pipeline.calendar import TradingCalendar
-from stock_pipeline.compute.checks import adjust_factor_violations
-from stock_pipeline.compute.daily import stock_daily_rows
-from stock_pipeline.compute.reference import stocks_rows, trade_calendar_rows
 from stock_pipeline.resources import WarehouseResource
-from stock_pipeline.warehouse.engine import Warehouse
 
 GROUP = "etl"
-# Codes per read -> compute -> write round of stock_daily: ~50k rows a year of range each.
-CODES_PER_BATCH = 200
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 
 
@@ -43,21 +37,9 @@ def _asset_args(name: str, deps: Sequence[str]) -> dict[str, Any]:
     **_asset_args("stocks", ["raw_stock_basic"]),
 )
 async def stocks(warehouse: WarehouseResource) -> dg.MaterializeResult:
-    report = runtime.Report("stocks")
-    async with warehouse.open() as wh:
-        with report.stages.time("read"):
-            basic = await runtime.read_frame(
-                wh,
-                "raw_stock_basic",
-                "SELECT code, code_name, ipo_date, out_date, security_type, status "
-                "FROM raw_stock_basic ORDER BY code",
-            )
-        with report.stages.time("transform"):
-            rows = stocks_rows(basic)
-        with report.stages.time("write"):
-            report.wrote(await runtime.upsert(wh, "stocks", rows))
-    report.preview = rows
-    return report.result()
+    from stock_pipeline.assets.etl import build
+
+    return await build.build_stocks(warehouse)
 
 
 @dg.asset(
@@ -65,43 +47,14 @@ async def stocks(warehouse: WarehouseResource) -> dg.MaterializeResult:
     **_asset_args("trade_calendar", ["raw_trade_dates"]),
 )
 async def trade_calendar(warehouse: WarehouseResource) -> dg.MaterializeResult:
-    report = runtime.Report("trade_calendar")
-    async with warehouse.open() as wh:
-        with report.stages.time("read"):
-            days = await runtime.read_frame(
-                wh,
-                "raw_trade_dates",
-                "SELECT calendar_date, is_trading_day FROM raw_trade_dates ORDER BY calendar_date",
-            )
-        with report.stages.time("transform"):
-            rows = trade_calendar_rows(days)
-        with report.stages.time("write"):
-            report.wrote(await runtime.upsert(wh, "trade_calendar", rows))
-    report.preview = rows.tail(runtime.PREVIEW_ROWS)
-    return report.result()
+    from stock_pipeline.assets.etl import build
+
+    return await build.build_trade_calendar(warehouse)
 
 
 # -- stock_daily (partitioned) ---------------------------------------------------------------
 
 FACTOR_CHECK = "stock_daily_adjust_factor_check"
-
-BARS_SQL = """
-SELECT code, trade_date, open, high, low, close, pre_close, pct_chg, volume, amount, turnover,
-       trade_status, is_st, pe_ttm, pb_mrq, ps_ttm, pcf_ncf_ttm, adjust_flag
-FROM raw_k_daily WHERE code = ANY($1::text[]) AND trade_date BETWEEN $2 AND $3
-"""
-FACTORS_SQL = """
-SELECT code, divid_operate_date, back_adjust_factor FROM raw_adjust_factor
-WHERE code = ANY($1::text[]) AND divid_operate_date <= $2
-"""
-PREVIOUS_ROWS_SQL = """
-SELECT p.code, p.trade_date, p.pre_close, p.close, p.back_adjust_factor
-FROM unnest($1::text[]) AS c(code)
-CROSS JOIN LATERAL (
-    SELECT code, trade_date, pre_close, close, back_adjust_factor FROM stock_daily
-    WHERE code = c.code AND trade_date < $2 ORDER BY trade_date DESC LIMIT 1
-) p
-"""
 
 
 def build_stock_daily(
@@ -126,96 +79,14 @@ def build_stock_daily(
         **_asset_args("stock_daily", ["raw_k_daily", "raw_adjust_factor"]),
     )
     async def stock_daily(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+        from stock_pipeline.assets.etl import build
+
         window = runtime.window_of(context, calendar)
-        report = runtime.Report("stock_daily", window)
-        async with warehouse.open() as wh:
-            codes = await _codes_with_bars(wh, window)
-            expected = await wh.copy_pool.fetchval(
-                "SELECT count(*) FROM raw_k_daily WHERE trade_date BETWEEN $1 AND $2",
-                window.start,
-                window.end,
-            )
-            violations: list[pd.DataFrame] = []
-            async with runtime.bulk_load_if_large(wh, "stock_daily", window, expected) as bulk:
-                for start in range(0, len(codes), CODES_PER_BATCH):
-                    batch = codes[start : start + CODES_PER_BATCH]
-                    violations.append(await _load_batch(wh, window, batch, report))
-            dropped = await _drop_codes_without_bars(wh, window, codes)
-            report.extra["rows_deleted_of_codes_without_bars"] = dropped
-            report.extra["index_management"] = bulk
-            report.extra["codes"] = len(codes)
-        context.log.info(
-            f"[etl.stock_daily] {window}: {report.rows_written.get('stock_daily', 0)} rows of "
-            f"{len(codes)} codes, {report.stages.wall_s:.1f}s"
-        )
-        yield report.result()
-        yield _factor_check_result(pd.concat(violations, ignore_index=True) if violations else None)
+        materialization, factor_check = await build.build_stock_daily(context, warehouse, window)
+        yield materialization
+        yield factor_check
 
     return stock_daily
-
-
-async def _codes_with_bars(wh: Warehouse, window: runtime.Window) -> list[str]:
-    rows = await wh.copy_pool.fetch(
-        "SELECT DISTINCT code FROM raw_k_daily WHERE trade_date BETWEEN $1 AND $2 ORDER BY code",
-        window.start,
-        window.end,
-    )
-    return [r["code"] for r in rows]
-
-
-async def _load_batch(
-    wh: Warehouse, window: runtime.Window, codes: list[str], report: runtime.Report
-) -> pd.DataFrame:
-    """One round: read the codes' raw bars and factors, build stock_daily rows, replace the
-    codes' window; returns the factor rule violations among them."""
-    with report.stages.time("read"):
-        bars = await runtime.read_frame(
-            wh, "raw_k_daily", BARS_SQL, codes, window.start, window.end
-        )
-        factors = await runtime.read_frame(wh, "raw_adjust_factor", FACTORS_SQL, codes, window.end)
-        previous = await runtime.read_frame(
-            wh, "stock_daily", PREVIOUS_ROWS_SQL, codes, window.start
-        )
-    with report.stages.time("transform"):
-        rows = stock_daily_rows(bars, factors)
-    with report.stages.time("write"):
-        report.wrote(
-            await runtime.replace_window(
-                wh, "stock_daily", rows, start=window.start, end=window.end, codes=codes
-            )
-        )
-    if report.preview is None:
-        report.preview = rows.head(runtime.PREVIEW_ROWS)
-    with report.stages.time("check"):
-        columns = ["code", "trade_date", "pre_close", "close", "back_adjust_factor"]
-        return adjust_factor_violations(pd.concat([previous[columns], rows[columns]]))
-
-
-async def _drop_codes_without_bars(wh: Warehouse, window: runtime.Window, codes: list[str]) -> int:
-    """stock_daily rows of the window whose code has no raw bar there any more."""
-    status = await wh.copy_pool.execute(
-        "DELETE FROM stock_daily WHERE trade_date BETWEEN $1 AND $2 "
-        "AND NOT (code = ANY($3::text[]))",
-        window.start,
-        window.end,
-        codes,
-    )
-    return int(status.split()[-1])
-
-
-def _factor_check_result(violations: pd.DataFrame | None) -> dg.AssetCheckResult:
-    count = 0 if violations is None else len(violations)
-    metadata: dict[str, Any] = {"violations": count}
-    if count:
-        metadata["examples"] = runtime.markdown_table(violations, rows=20)
-    return dg.AssetCheckResult(
-        check_name=FACTOR_CHECK,
-        asset_key="stock_daily",
-        passed=count == 0,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata=metadata,
-        description=None if count == 0 else f"{count} rows break the back-adjust factor rules",
-    )
 
 
 # -- SQL checks beside their assets ------------------------------------------------------------
@@ -357,7 +228,9 @@ def build_stock_daily_checks(
             bad = sum(v for k, v in counts.items() if k != "rows")
             metadata: dict[str, Any] = dict(counts)
             if bad:
-                examples = await runtime.read_frame(
+                from stock_pipeline.assets import store
+
+                examples = await store.read_frame(
                     wh, "stock_daily", OHLC_EXAMPLES_SQL, window.start, window.end
                 )
                 metadata["examples"] = runtime.markdown_table(examples, rows=20)

@@ -7,17 +7,40 @@ takes a range in one run (BackfillPolicy.single_run), which `--partition-range` 
 """
 
 import datetime as dt
+import importlib
 
 import dagster as dg
 
 from stock_pipeline.assets import runtime
-from stock_pipeline.assets.raw.job import RawJob, RawSync, SyncError
-from stock_pipeline.assets.raw.p0 import P0_SYNCS
+from stock_pipeline.assets.raw.job import RawJob, RawSync, SyncError, SyncFunction
 from stock_pipeline.calendar import TradingCalendar
 from stock_pipeline.resources import BaostockResource, WarehouseResource
 from stock_pipeline.warehouse.tables import RAW_DATASETS, RawDataset
 
-SYNCS: dict[str, RawSync] = {**P0_SYNCS}
+
+def _sync(module: str, function: str) -> SyncFunction:
+    """A sync function imported when it first runs (the module imports pandas, the pool and the
+    writer, which loading the code location does without)."""
+
+    async def run(job: RawJob) -> runtime.Report:
+        return await getattr(importlib.import_module(module), function)(job)
+
+    run.__name__ = function
+    return run
+
+
+P0 = "stock_pipeline.assets.raw.p0"
+SYNCS: dict[str, RawSync] = {
+    "raw_trade_dates": RawSync(_sync(P0, "sync_trade_dates"), partitioned=False),
+    "raw_stock_basic": RawSync(_sync(P0, "sync_stock_basic"), partitioned=False),
+    "raw_all_stock": RawSync(_sync(P0, "sync_all_stock"), partitioned=True, per_code=False),
+    "raw_k_daily": RawSync(
+        _sync(P0, "sync_k_daily"), partitioned=True, deps=("raw_all_stock", "raw_stock_basic")
+    ),
+    "raw_adjust_factor": RawSync(
+        _sync(P0, "sync_adjust_factor"), partitioned=True, deps=("raw_k_daily",)
+    ),
+}
 BAOSTOCK_POOL = "baostock"
 # Op tag of every step that opens a BaoStock session pool (the executor runs one at a time).
 BAOSTOCK_STEP_TAG = "stock_pipeline/baostock_sessions"
@@ -81,8 +104,10 @@ def build_raw_asset(
 
 
 async def _record_outcome(job: RawJob) -> None:
+    from stock_pipeline.assets import store
+
     report = job.report
-    await runtime.record_fetch(
+    await store.record_fetch(
         job.wh,
         run_id=job.context.run.run_id,
         dataset=job.name,

@@ -5,17 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pandas as pd
 
 from stock_pipeline.assets import runtime
-from stock_pipeline.baostock.pool import BaostockPool, QueryResult
-from stock_pipeline.baostock.typed import to_frame
 from stock_pipeline.calendar import TradingCalendar
 from stock_pipeline.settings import Settings
-from stock_pipeline.warehouse.engine import Warehouse
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from stock_pipeline.baostock.pool import BaostockPool, QueryResult
+    from stock_pipeline.warehouse.engine import Warehouse
 
 
 class SyncError(Exception):
@@ -50,17 +52,26 @@ class RawJob:
         return self.window
 
     def to_frame(self, api: str, result: QueryResult) -> pd.DataFrame:
+        from stock_pipeline.baostock.typed import to_frame
+
         return to_frame(api, result.fields, result.rows)
 
     async def read_frame(self, table: str, sql: str, *args: Any) -> pd.DataFrame:
-        return await runtime.read_frame(self.wh, table, sql, *args)
+        from stock_pipeline.assets import store
+
+        return await store.read_frame(self.wh, table, sql, *args)
 
     async def record_state(
         self, *, ok: Sequence[str], failures: Mapping[str, str], through: dt.date | None = None
     ) -> None:
         """sync_state for this dataset's codes, through the window's end by default."""
+        from stock_pipeline.assets import store
+
         end = through or (self.window.end if self.window else None)
-        await runtime.record_sync_state(self.wh, self.name, through=end, ok=ok, failures=failures)
+        await store.record_sync_state(self.wh, self.name, through=end, ok=ok, failures=failures)
+
+
+SyncFunction = Callable[[RawJob], Awaitable[runtime.Report]]
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,7 @@ class RawSync:
     """How a raw dataset is synced: the function, whether it is partitioned by trading day,
     and the assets whose tables it reads."""
 
-    run: Callable[[RawJob], Awaitable[runtime.Report]]
+    run: SyncFunction
     partitioned: bool
     deps: tuple[str, ...] = ()
     per_code: bool = True  # fetched one request per code (else per day or once)

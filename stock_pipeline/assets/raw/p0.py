@@ -11,19 +11,16 @@
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
 
-import dagster as dg
 import numpy as np
 import pandas as pd
 
 from stock_pipeline import calendar as trading_calendar
-from stock_pipeline.assets import runtime
-from stock_pipeline.assets.raw.job import RawJob, RawSync, SyncError
+from stock_pipeline.assets import runtime, store
+from stock_pipeline.assets.raw.job import RawJob, SyncError
 from stock_pipeline.baostock.fetch import fetch_daily_bars, fetch_many
 from stock_pipeline.compute.daily import ex_right_codes
 from stock_pipeline.compute.reference import stock_universe
-from stock_pipeline.resources import WarehouseResource
 
 # Factor history is fetched from the first trading day on: the factor in force on any day is
 # that of the latest ex-right date before it, however old.
@@ -67,7 +64,7 @@ async def sync_trade_dates(job: RawJob) -> runtime.Report:
         raise SyncError(f"BaoStock returned no trade dates for {start}..{end}")
     frame = _trim_unknown_tail(job, frame)
     with report.stages.time("write"):
-        report.wrote(await runtime.upsert(job.wh, job.name, frame))
+        report.wrote(await store.upsert(job.wh, job.name, frame))
         days = [d.date() for d in frame["calendar_date"]]
         flags = frame["is_trading_day"].fillna(False).astype(bool).tolist()
         stored = trading_calendar.store_baostock_calendar(job.settings.home, days, flags)
@@ -115,7 +112,7 @@ async def sync_stock_basic(job: RawJob) -> runtime.Report:
     if frame.empty:
         raise SyncError("BaoStock returned no securities from query_stock_basic")
     with report.stages.time("write"):
-        report.wrote(await runtime.upsert(job.wh, job.name, frame))
+        report.wrote(await store.upsert(job.wh, job.name, frame))
     report.preview = frame
     kinds = frame["security_type"].value_counts().sort_index()
     report.extra["securities_by_type"] = {str(k): int(v) for k, v in kinds.items()}
@@ -139,7 +136,7 @@ async def sync_all_stock(job: RawJob) -> runtime.Report:
             rows = frame[(frame["trade_date"] >= first) & (frame["trade_date"] <= last)]
             with report.stages.time("write"):
                 report.wrote(
-                    await runtime.replace_window(
+                    await store.replace_window(
                         job.wh, job.name, rows, start=first.date(), end=last.date()
                     )
                 )
@@ -221,7 +218,7 @@ async def sync_k_daily(job: RawJob) -> runtime.Report:
         codes = frame["code"].unique().tolist()
         with report.stages.time("write"):
             report.wrote(
-                await runtime.replace_window(
+                await store.replace_window(
                     job.wh, job.name, frame, start=window.start, end=window.end, codes=codes
                 )
             )
@@ -229,7 +226,7 @@ async def sync_k_daily(job: RawJob) -> runtime.Report:
             report.preview = frame.head(runtime.PREVIEW_ROWS)
 
     expected = len(universe) * window.days
-    async with runtime.bulk_load_if_large(job.wh, job.name, window, expected) as bulk:
+    async with store.bulk_load_if_large(job.wh, job.name, window, expected) as bulk:
         with report.stages.time("fetch"):
             result = await fetch_daily_bars(
                 job.pool,
@@ -336,7 +333,7 @@ async def sync_adjust_factor(job: RawJob) -> runtime.Report:
     report.failures = result.failures
     with report.stages.time("write"):
         if not result.frame.empty:
-            report.wrote(await runtime.upsert(job.wh, job.name, result.frame))
+            report.wrote(await store.upsert(job.wh, job.name, result.frame))
         fetched = [c for c in plan.fetch if c not in result.failures]
         await job.record_state(ok=[*fetched, *plan.verified], failures=result.failures)
     report.preview = result.frame
@@ -361,7 +358,7 @@ class _FactorPlan:
 
 async def _plan_factor_fetch(job: RawJob, universe: list[str]) -> _FactorPlan:
     window = job.window_required
-    known = await runtime.read_sync_dates(job.wh, job.name, universe)
+    known = await store.read_sync_dates(job.wh, job.name, universe)
     day_before = job.calendar.previous_session(window.start) or window.start
     done = {c for c in universe if known.get(c) is not None and known[c] >= window.end}
     follows = [
@@ -386,56 +383,3 @@ async def _plan_factor_fetch(job: RawJob, universe: list[str]) -> _FactorPlan:
     ex_right = sorted(c for c in follows if c in changed)
     verified = sorted(c for c in follows if c not in changed)
     return _FactorPlan(unknown, ex_right, verified)
-
-
-P0_SYNCS: dict[str, RawSync] = {
-    "raw_trade_dates": RawSync(sync_trade_dates, partitioned=False),
-    "raw_stock_basic": RawSync(sync_stock_basic, partitioned=False),
-    "raw_all_stock": RawSync(sync_all_stock, partitioned=True, per_code=False),
-    "raw_k_daily": RawSync(
-        sync_k_daily, partitioned=True, deps=("raw_all_stock", "raw_stock_basic")
-    ),
-    "raw_adjust_factor": RawSync(sync_adjust_factor, partitioned=True, deps=("raw_k_daily",)),
-}
-
-
-@dg.asset_check(
-    asset="raw_trade_dates",
-    blocking=True,
-    description="BaoStock's calendar agrees with the bundled XSHG calendar (exchange_calendars) "
-    "on every day both know.",
-)
-async def raw_trade_dates_calendar_agreement_check(
-    warehouse: WarehouseResource,
-) -> dg.AssetCheckResult:
-    async with warehouse.open() as wh:
-        days = await runtime.read_frame(
-            wh,
-            "raw_trade_dates",
-            "SELECT calendar_date, is_trading_day FROM raw_trade_dates ORDER BY calendar_date",
-        )
-    bundled = trading_calendar.bundled_calendar()
-    dates = [d.date() for d in days["calendar_date"]]
-    flags = days["is_trading_day"].fillna(False).astype(bool).tolist()
-    differ = trading_calendar.disagreements(bundled, dates, flags)
-    overlap = sum(1 for d in dates if d <= bundled.last_day)
-    metadata: dict[str, Any] = {
-        "days_compared": overlap,
-        "disagreements": len(differ),
-        "bundled_calendar": f"exchange_calendars {bundled.version}, through {bundled.last_day}",
-        "baostock_calendar_through": str(max(dates)) if dates else "",
-    }
-    if differ:
-        metadata["examples"] = [str(d) for d in differ[:20]]
-    return dg.AssetCheckResult(
-        passed=not differ and overlap > 0,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata=metadata,
-        description=None
-        if not differ
-        else f"{len(differ)} days differ between BaoStock and exchange_calendars: one of them "
-        "is wrong; the partitions follow exchange_calendars up to its end",
-    )
-
-
-P0_CHECKS = [raw_trade_dates_calendar_agreement_check]
