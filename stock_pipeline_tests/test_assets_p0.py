@@ -118,9 +118,10 @@ class Pipeline:
         )  # fmt: skip
 
     def query(self, sql: str, *args: Any) -> list[tuple]:
+        """Rows of `sql` (none for a statement that returns none), committed."""
         with psycopg2.connect(self.dsn) as conn, conn.cursor() as cur:
             cur.execute(sql, args)
-            return cur.fetchall()
+            return cur.fetchall() if cur.description else []
 
     def checksums(self) -> dict[str, tuple[int, str]]:
         out = {}
@@ -307,6 +308,113 @@ def test_a_listed_code_without_bars_is_reported(
     assert not coverage.passed
     assert coverage.metadata["missing_bars"].value == len(days)
     assert victim in coverage.metadata["examples"].value
+
+
+def test_a_corrected_source_value_reaches_stock_daily(
+    make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
+):
+    """BaoStock corrects a bar after it was stored: the next run of that day stores the
+    correction in raw_k_daily and in stock_daily (nothing is kept because it was there)."""
+    from stock_pipeline.baostock.simulator import text
+
+    market = SIM.make_market()
+    code = next(c for c in market.codes(START) if market.is_traded(c, START))
+    served = market.daily_text
+    with SimulatorServer(SIM, market=market) as sim:
+        dsn = make_database()
+        migrate.upgrade(dsn)
+        pipeline = Pipeline(sim, tmp_path_factory.mktemp("home"), dsn)
+        assert pipeline.materialize(REFERENCE).success
+        assert pipeline.materialize(DAILY, START).success
+        sql = "SELECT volume, pe_ttm FROM {} WHERE code = %s AND trade_date = %s"
+        before = pipeline.query(sql.format("stock_daily"), code, START)[0]
+
+        def corrected(code_: str, start: D, end: D, *args: Any, **kwargs: Any) -> dict:
+            columns = served(code_, start, end, *args, **kwargs)
+            if code_ == code:
+                rows = columns["volume"].n
+                columns = {**columns, "volume": text.constant("123456700", rows)}
+                columns["peTTM"] = text.constant("9.876543", rows)
+            return columns
+
+        market.daily_text = corrected  # the server's next answers carry the correction
+        assert pipeline.materialize(DAILY, START).success
+    for table in ("raw_k_daily", "stock_daily"):
+        assert pipeline.query(sql.format(table), code, START) == [(123456700, 9.876543)]
+    assert before != (123456700, 9.876543)
+
+
+SQL_CHECKS = (
+    "stock_daily_coverage_check",
+    "stock_daily_ohlc_sanity_check",
+    "stock_daily_key_uniqueness_check",
+    "stock_daily_raw_reconciliation_check",
+)
+
+
+def _run_checks(pipeline: Pipeline, start: D, end: D) -> dict[str, bool]:
+    """Only stock_daily's SQL checks, over [start, end], as `dagster` runs them."""
+    defs = pipeline.definitions()
+    partitions = defs.get_assets_def("stock_daily").partitions_def
+    job = dg.define_asset_job(
+        "stock_daily_checks",
+        selection=dg.AssetSelection.checks(
+            *(dg.AssetCheckKey(dg.AssetKey("stock_daily"), name) for name in SQL_CHECKS)
+        ),
+        partitions_def=partitions,
+    )
+    merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
+    tags = {
+        ASSET_PARTITION_RANGE_START_TAG: start.isoformat(),
+        ASSET_PARTITION_RANGE_END_TAG: end.isoformat(),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in pipeline.env.items():
+            patch.setenv(name, value)
+        result = merged.resolve_job_def("stock_daily_checks").execute_in_process(
+            instance=dg.DagsterInstance.ephemeral(), tags=tags, raise_on_error=False
+        )
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_sql_checks_fail_on_bad_rows(make_pipeline: Callable[[], Pipeline]):
+    pipeline = make_pipeline()
+    assert pipeline.materialize(REFERENCE).success
+    days = (START, D(2024, 6, 28))
+    assert pipeline.materialize(DAILY, *days).success
+    assert all(_run_checks(pipeline, *days).values())
+    code, day = pipeline.query(
+        "SELECT code, trade_date FROM stock_daily WHERE trade_status AND trade_date = %s "
+        "ORDER BY code LIMIT 1",
+        START,
+    )[0]
+    # A bar whose high is below its low; a code spelled two ways; a listed stock's bar gone.
+    pipeline.query(
+        "UPDATE stock_daily SET high = low - 0.01 WHERE code = %s AND trade_date = %s", code, day
+    )
+    assert _run_checks(pipeline, *days) == {
+        "stock_daily_coverage_check": True,
+        "stock_daily_ohlc_sanity_check": False,
+        "stock_daily_key_uniqueness_check": True,
+        "stock_daily_raw_reconciliation_check": True,
+    }
+    pipeline.query("UPDATE stock_daily SET high = close WHERE code = %s AND trade_date = %s",
+                   code, day)  # fmt: skip
+    pipeline.query(
+        "INSERT INTO stock_daily (code, trade_date) SELECT upper(code), trade_date "
+        "FROM stock_daily WHERE code = %s AND trade_date = %s",
+        code,
+        day,
+    )
+    found = _run_checks(pipeline, *days)
+    assert not found["stock_daily_key_uniqueness_check"]
+    assert not found["stock_daily_raw_reconciliation_check"]
+    pipeline.query("DELETE FROM stock_daily WHERE code <> lower(code)")
+    pipeline.query("DELETE FROM stock_daily WHERE code = %s AND trade_date = %s", code, day)
+    found = _run_checks(pipeline, *days)
+    assert not found["stock_daily_coverage_check"]
+    assert not found["stock_daily_raw_reconciliation_check"]
+    assert found["stock_daily_ohlc_sanity_check"] and found["stock_daily_key_uniqueness_check"]
 
 
 # -- calendar edges --------------------------------------------------------------------------
