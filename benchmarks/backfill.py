@@ -24,6 +24,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -90,10 +91,17 @@ def run_cli(env: dict[str, str], *args: str, log: Path) -> dict[str, Any]:
                "stock_pipeline.definitions", "--select", SELECTION, *args]  # fmt: skip
     began = time.perf_counter()
     with open(log, "w") as out:
-        child = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         memory = TreeMemory(child.pid)
-        code = child.wait()
-        memory.stop()
+        try:
+            code = child.wait()
+        finally:
+            memory.stop()
+            if child.poll() is None:  # interrupted: stop the run and everything it started
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
     wall = time.perf_counter() - began
     if code != 0:
         tail = log.read_text(errors="replace").splitlines()[-30:]

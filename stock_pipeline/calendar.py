@@ -86,15 +86,23 @@ def _xshg_holidays_from_library() -> list[dt.date]:
     return [d for d in (_date(w) for w in weekdays) if d not in sessions]
 
 
-@lru_cache(maxsize=1)
-def bundled_calendar() -> BundledCalendar:
-    """XSHG sessions from SSE_FIRST_SESSION to the end of exchange_calendars' last year."""
+def _package_folder() -> Path:
     spec = importlib.util.find_spec("exchange_calendars")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("exchange_calendars is not installed: run `uv sync`")
-    folder = Path(next(iter(spec.submodule_search_locations)))
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _xshg_source() -> Path:
+    return _package_folder() / _XSHG_MODULE
+
+
+@lru_cache(maxsize=1)
+def bundled_calendar() -> BundledCalendar:
+    """XSHG sessions from SSE_FIRST_SESSION to the end of exchange_calendars' last year."""
+    folder = _package_folder()
     try:
-        holidays = _xshg_holidays_from_source(folder / _XSHG_MODULE)
+        holidays = _xshg_holidays_from_source(_xshg_source())
     except (OSError, SyntaxError, ValueError) as exc:
         log.warning("[calendar] reading XSHG holidays from source failed (%s); importing", exc)
         holidays = _xshg_holidays_from_library()

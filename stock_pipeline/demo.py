@@ -102,14 +102,18 @@ def _demo(args: argparse.Namespace) -> int:
         _migrate(services.env["STOCK_PIPELINE_DATABASE_URL"])
         instance = prepare_instance(home, services.dagster_storage_url)
         services.env["DAGSTER_HOME"] = str(instance)
+        dagster = stack.enter_context(_instance(instance))  # storage ready before any run
         for note in services.notes:
             print(f"demo: {note}")
         outcome = Outcome()
-        _materialize(services.env, REFERENCE_ASSETS, None, "calendar and listings", outcome)
+        _materialize(
+            dagster, services.env, REFERENCE_ASSETS, None, "calendar and listings", outcome
+        )
         calendar = load_calendar(home)  # the stored BaoStock calendar may extend it now
         start = args.start or _months_before(calendar, end, DEFAULT_MONTHS)
         sessions = calendar.require_range(start, end)
         _materialize(
+            dagster,
             services.env,
             DAILY_ASSETS,
             (start, end),
@@ -118,9 +122,6 @@ def _demo(args: argparse.Namespace) -> int:
         )
         _summary(services, outcome, time.monotonic() - began, home)
     return 0 if outcome.failed == 0 else 1
-
-
-# -- what the runs need -----------------------------------------------------------------------
 
 
 def _default_end(calendar: TradingCalendar, settings: Settings) -> dt.date:
@@ -134,9 +135,14 @@ def _default_end(calendar: TradingCalendar, settings: Settings) -> dt.date:
 
 
 def _months_before(calendar: TradingCalendar, end: dt.date, months: int) -> dt.date:
+    """The first trading day after the same day `months` months before `end`."""
     year, month = divmod(end.year * 12 + end.month - 1 - months, 12)
-    day = dt.date(year, month + 1, 1) + dt.timedelta(days=end.day)
-    first = calendar.first_session_on_or_after(min(day, end))
+    first_of_month = dt.date(year, month + 1, 1)
+    days_in_month = (
+        dt.date(year + (month + 1) // 12, (month + 1) % 12 + 1, 1) - first_of_month
+    ).days
+    same_day = first_of_month + dt.timedelta(days=min(end.day, days_in_month) - 1)
+    first = calendar.first_session_on_or_after(same_day + dt.timedelta(days=1))
     assert first is not None
     return first
 
@@ -204,9 +210,6 @@ def _migrate(url: str) -> None:
     migrate.upgrade(url)
 
 
-# -- runs -------------------------------------------------------------------------------------
-
-
 @dataclass
 class Outcome:
     runs: list[str] = field(default_factory=list)
@@ -222,6 +225,7 @@ class Outcome:
 
 
 def _materialize(
+    instance: Any,
     env: dict[str, str],
     assets: tuple[str, ...],
     days: tuple[dt.date, dt.date] | None,
@@ -247,7 +251,7 @@ def _materialize(
     outcome.shown.clear()
     launched = time.time()
     with open(log_path, "w", encoding="utf-8") as log, _child(command, env, log) as child:
-        run_id = _follow(child, env["DAGSTER_HOME"], launched, outcome)
+        run_id = _follow(child, instance, launched, outcome)
     if child.returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
         raise DemoError(
@@ -277,14 +281,24 @@ def _child(command: list[str], env: dict[str, str], log: Any) -> Iterator[subpro
                 child.wait()
 
 
-def _follow(
-    child: subprocess.Popen, dagster_home: str, launched: float, outcome: Outcome
-) -> str | None:
-    """Print the run's progress from its event log until the process exits."""
+@contextlib.contextmanager
+def _instance(dagster_home: Path) -> Iterator[Any]:
+    """The demo's handle on the instance (schema created now, connections closed at the end)."""
     from dagster import DagsterInstance
 
-    os.environ["DAGSTER_HOME"] = dagster_home
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
     instance = DagsterInstance.get()
+    try:
+        yield instance
+    finally:
+        instance.dispose()
+
+
+def _follow(
+    child: subprocess.Popen, instance: Any, launched: float, outcome: Outcome
+) -> str | None:
+    """Print the run's progress from its event log until the process exits: the run is the
+    newest one created after the launch (the demo is the only one launching here)."""
     run_id: str | None = None
     cursor = None
     while True:

@@ -101,7 +101,10 @@ class Pipeline:
             for name, value in self.env.items():
                 patch.setenv(name, value)
             return job.execute_in_process(
-                instance=dg.DagsterInstance.ephemeral(), asset_selection=keys, tags=tags
+                instance=dg.DagsterInstance.ephemeral(),
+                asset_selection=keys,
+                tags=tags,
+                raise_on_error=False,
             )
 
     def cli(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -175,9 +178,6 @@ def _checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
-# -- reference data -----------------------------------------------------------------------------
-
-
 def test_reference_assets_match_the_simulator(ranged: Pipeline, simulator: SimulatorServer):
     market = simulator.market
     securities = ranged.query(
@@ -194,9 +194,6 @@ def test_reference_assets_match_the_simulator(ranged: Pipeline, simulator: Simul
     assert stored.is_session(START) and not stored.is_session(D(2024, 10, 1))
     prev = ranged.query("SELECT prev_trade_date FROM trade_calendar WHERE cal_date = '2024-10-08'")
     assert prev == [(D(2024, 9, 30),)]
-
-
-# -- one range -------------------------------------------------------------------------------
 
 
 def test_range_run_stores_what_the_simulator_served(ranged: Pipeline, simulator: SimulatorServer):
@@ -275,14 +272,76 @@ def test_range_equals_the_days_run_one_by_one(
         assert result.success, day
         factor_requests.append(_materializations(result)["raw_adjust_factor"])
     assert daily.checksums() == ranged.checksums()
-    # After the first day, factors are only asked for codes whose bars show an ex-right.
-    later = factor_requests[1:]
-    ex_right = sum(m["codes_fetched_for_ex_right"] for m in later)
-    assert ex_right > 0  # the window holds ex-dates
-    assert sum(m["keys_requested"] for m in later) <= ex_right + sum(
-        m["codes_fetched_first_time_or_after_gap"] for m in later
+    # After the first day, factors are asked only for codes listed that day for the first time
+    # and codes with an ex-right that day: counted here from the simulator's own factors.
+    market = simulator.market
+    sessions = load_calendar(daily.home).sessions_between(START, END)
+    for previous, day, found in zip(sessions, sessions[1:], factor_requests[1:], strict=False):
+        new = set(market.codes(day)) - set(market.codes(previous))
+        ex_right = {
+            c
+            for c in set(market.codes(day)) - new
+            if any(f.ex_date == day for f in market.adjust_factors(c, day, day))
+        }
+        assert found["codes_fetched_first_time_or_after_gap"] == len(new), day
+        assert found["codes_fetched_for_ex_right"] == len(ex_right), day
+        assert found["keys_requested"] == len(new) + len(ex_right), day
+    assert sum(m["codes_fetched_for_ex_right"] for m in factor_requests[1:]) > 0
+    assert max(m["requests_per_code"] for m in factor_requests[1:]) < 0.5
+
+
+def test_a_factor_published_after_its_ex_date_is_fetched_again(
+    make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
+):
+    """BaoStock's bars show an ex-right before its factor is published: the code's stock_daily
+    row waits (coverage reports it), and the next run fetches the factor and builds it."""
+    market = SIM.make_market()
+    sessions = load_calendar(None).sessions_between(START, END)
+    code, day = next(
+        (c, f.ex_date)
+        for c in market.codes(START)
+        for f in market.adjust_factors(c, sessions[1], END)
     )
-    assert max(m["requests_per_code"] for m in later) < 0.5
+    published = market.adjust_factors
+    hidden = {"on": True}
+
+    def late(code_: str, start: D, end: D) -> list:
+        factors = published(code_, start, end)
+        if hidden["on"] and code_ == code:
+            return [f for f in factors if f.ex_date < day]
+        return factors
+
+    market.adjust_factors = late
+    with SimulatorServer(SIM, market=market) as sim:
+        dsn = make_database()
+        migrate.upgrade(dsn)
+        pipeline = Pipeline(sim, tmp_path_factory.mktemp("home"), dsn)
+        assert pipeline.materialize(REFERENCE).success
+        before = sessions[sessions.index(day) - 1]
+        assert pipeline.materialize(DAILY, START, before).success
+        first = pipeline.materialize(DAILY, day)
+        hidden["on"] = False
+        second = pipeline.materialize(DAILY, day)
+    factors, daily = (_materializations(first)[a] for a in ("raw_adjust_factor", "stock_daily"))
+    assert factors["keys_failed"] == 1 and code in factors["failures"]
+    assert daily["codes_waiting_for_factors"] == 1 and code in daily["waiting_for_factors"]
+    assert not _checks(first)["stock_daily_coverage_check"]
+    assert all(_checks(second).values())
+    factor = [f for f in published(code, day, day)][0].back
+    assert pipeline.query(
+        "SELECT back_adjust_factor FROM stock_daily WHERE code = %s AND trade_date = %s", code, day
+    ) == [(pytest.approx(factor),)]
+
+
+def test_a_failed_sync_is_recorded_as_failed(make_pipeline: Callable[[], Pipeline]):
+    pipeline = make_pipeline()
+    assert pipeline.materialize(REFERENCE).success
+    result = pipeline.materialize(["raw_adjust_factor"], START)  # no bars stored yet
+    assert not result.success
+    status, failures = pipeline.query(
+        "SELECT status, failures FROM fetch_log WHERE dataset = 'raw_adjust_factor'"
+    )[0]
+    assert status == "failed" and "materialize raw_k_daily" in failures
 
 
 def test_a_listed_code_without_bars_is_reported(
@@ -417,9 +476,6 @@ def test_sql_checks_fail_on_bad_rows(make_pipeline: Callable[[], Pipeline]):
     assert found["stock_daily_ohlc_sanity_check"] and found["stock_daily_key_uniqueness_check"]
 
 
-# -- calendar edges --------------------------------------------------------------------------
-
-
 def test_holidays_have_no_partition(ranged: Pipeline):
     partitions = ranged.definitions().get_assets_def("stock_daily").partitions_def
     keys = set(partitions.get_partition_keys(current_time=dt.datetime(2024, 10, 31)))
@@ -439,9 +495,6 @@ def test_a_range_ending_on_a_holiday_gets_the_nearest_trading_days(
     error = capsys.readouterr().err
     assert "2024-10-01 is not a trading day" in error
     assert "nearest trading days are 2024-09-30 and 2024-10-08" in error
-
-
-# -- through the CLI -----------------------------------------------------------------------------
 
 
 @pytest.mark.slow

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from stock_pipeline.compute.checks import adjust_factor_violations
-from stock_pipeline.compute.daily import ex_right_codes, factor_in_force, stock_daily_rows
+from stock_pipeline.compute.daily import (
+    ex_right_codes,
+    factor_corrections,
+    factor_in_force,
+    stock_daily_rows,
+)
 from stock_pipeline.compute.reference import stock_universe, stocks_rows, trade_calendar_rows
 
 T = pd.Timestamp
@@ -106,10 +113,20 @@ def test_adjust_factor_violations():
     decreasing = _bars("bad2", [10.0, 9.0, 9.1], [10.0, 8.0, 9.0]).assign(
         back_adjust_factor=[1.2, 1.1, 1.1]
     )
-    found = adjust_factor_violations(pd.concat([good, suspended, unexplained, decreasing]))
+    missed = _bars("bad3", [10.0, 9.5, 9.6], [10.0, 9.0, 9.5]).assign(
+        back_adjust_factor=[1.0, 1.0, 1.0]  # an ex-right on day 2, the factor never moved
+    )
+    missed_in_suspension = _bars("bad4", [10.0, None, 9.2], [10.0, None, 9.0]).assign(
+        back_adjust_factor=[1.0, 1.0, 1.0]
+    )
+    found = adjust_factor_violations(
+        pd.concat([good, suspended, unexplained, decreasing, missed, missed_in_suspension])
+    )
     assert sorted(zip(found["code"], found["rule"], strict=True)) == [
         ("bad1", "changed without an ex-right"),
         ("bad2", "decreased"),
+        ("bad3", "ex-right without a factor change"),
+        ("bad4", "ex-right without a factor change"),
     ]
     assert adjust_factor_violations(good.iloc[:0]).empty
 
@@ -125,8 +142,9 @@ def test_trade_calendar_rows_have_the_previous_open_day():
     )
     rows = trade_calendar_rows(days)
     assert rows["is_open"].tolist() == [False, True, True, False]
-    assert rows["prev_trade_date"].tolist()[1:] == [pd.NaT, T("2025-01-02"), T("2025-01-03")][0:3]
-    assert pd.isna(rows["prev_trade_date"].iloc[0]) and pd.isna(rows["prev_trade_date"].iloc[1])
+    previous = rows["prev_trade_date"].tolist()
+    assert pd.isna(previous[0]) and pd.isna(previous[1])  # no open day before them
+    assert previous[2:] == [T("2025-01-02"), T("2025-01-03")]
     assert (rows["exchange"] == "SSE").all()
 
 
@@ -155,3 +173,24 @@ def test_stocks_rows_map_stock_basic():
     rows = stocks_rows(basic)
     assert rows.iloc[0]["name"] == "浦发银行" and bool(rows.iloc[0]["is_listed"])
     assert pd.isna(rows.iloc[0]["delist_date"])
+
+
+def test_factor_corrections_find_changed_added_and_withdrawn_past_factors():
+    stored = _factors(
+        ("a", "2020-06-01", 1.2), ("a", "2021-06-01", 1.5),
+        ("b", "2020-06-01", 1.1),
+        ("c", "2020-06-01", 1.3), ("c", "2022-06-01", 1.6),
+    )  # fmt: skip
+    served = _factors(
+        ("a", "2020-06-01", 1.2), ("a", "2021-06-01", 1.5), ("a", "2024-06-03", 1.9),  # new
+        ("b", "2019-05-06", 1.05), ("b", "2020-06-01", 1.1),  # one more, in the past
+        ("c", "2020-06-01", 1.3), ("c", "2022-06-01", 1.61),  # changed
+    )  # fmt: skip
+    known = {"a": date(2024, 5, 31), "b": date(2024, 5, 31), "c": date(2024, 5, 31)}
+    assert factor_corrections(stored, served, known) == {
+        "b": date(2019, 5, 6),
+        "c": date(2022, 6, 1),
+    }
+    withdrawn = served[~((served["code"] == "a") & (served["back_adjust_factor"] == 1.5))]
+    assert factor_corrections(stored, withdrawn, known)["a"] == date(2021, 6, 1)
+    assert factor_corrections(stored, stored, known) == {}

@@ -311,6 +311,24 @@ def test_a_load_killed_between_drop_and_rebuild_is_repaired_by_the_next_run(
     assert recorded(engine) == []
 
 
+def test_repair_leaves_the_indexes_of_a_running_bulk_load_alone(pg_dsn: str, engine: Engine):
+    """Another run's write during a long backfill must not rebuild the backfill's indexes
+    under it; once the load ends (or its session dies), they are its own to rebuild."""
+    before = index_state(engine, "technical_daily")
+
+    async def work(pool: asyncpg.Pool) -> tuple[list[str], list[tuple], list[str]]:
+        async with bulk_load(pool, technical_daily):
+            during = await repair_indexes(pool)  # e.g. a daily run writing meanwhile
+            left = recorded(engine)
+        after = await repair_indexes(pool)
+        return during, left, after
+
+    during, left, after = run(pg_dsn, work)
+    assert during == [] and left  # the running load's drop was left alone
+    assert after == [] and recorded(engine) == []  # and it rebuilt them itself
+    assert index_state(engine, "technical_daily") == before
+
+
 def test_repair_indexes_after_a_crash_restores_exact_definitions(pg_dsn: str, engine: Engine):
     before_partitioned = index_state(engine, "technical_daily")
     before_plain = index_state(engine, "fetch_log")

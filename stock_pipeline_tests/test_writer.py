@@ -22,13 +22,19 @@ from stock_pipeline.settings import Settings
 from stock_pipeline.warehouse import partitions, writer
 from stock_pipeline.warehouse.batch import DEFAULT_CHUNK_ROWS
 from stock_pipeline.warehouse.copy_format import encode_binary, kind_of, prepare_column
-from stock_pipeline.warehouse.tables import index_constituents, stock_daily, stocks
+from stock_pipeline.warehouse.tables import (
+    RAW_TABLES,
+    index_constituents,
+    stock_daily,
+    stocks,
+)
 from stock_pipeline.warehouse.urls import asyncpg_dsn
 from stock_pipeline.warehouse.writer import WriteError, replace_window, upsert
 from stock_pipeline_tests.helpers import recreate_tables
 from stock_pipeline_tests.helpers import run_with_pool as run
 
 TABLES = [stock_daily, stocks, index_constituents]
+raw_adjust_factor = RAW_TABLES["raw_adjust_factor"]
 DATA_COLUMNS = [c.name for c in stock_daily.c if c.name != "updated_at"]
 
 
@@ -427,6 +433,53 @@ def test_replace_window_rejects_rows_outside_the_window_or_codes(pg_dsn: str, en
             ),
         )
     assert fetch(engine, "SELECT count(*) FROM stock_daily") == [(0,)]
+
+
+def test_replace_window_on_another_date_column_of_a_plain_table(pg_dsn: str, engine: Engine):
+    """A code's whole factor history replaced at once: a factor BaoStock withdrew goes too."""
+    recreate_tables(engine, [raw_adjust_factor])
+
+    def factors(*rows: tuple[str, str, float]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "code": [r[0] for r in rows],
+                "divid_operate_date": pd.to_datetime([r[1] for r in rows]),
+                "back_adjust_factor": [r[2] for r in rows],
+            }
+        )
+
+    stored = factors(("sh.600000", "2020-06-01", 1.1), ("sh.600000", "2021-06-01", 1.2),
+                     ("sz.000001", "2021-06-01", 1.5))  # fmt: skip
+    run(pg_dsn, lambda pool: upsert(pool, raw_adjust_factor, stored))
+    served = factors(("sh.600000", "2020-06-01", 1.1), ("sh.600000", "2022-06-01", 1.3))
+    result = run(
+        pg_dsn,
+        lambda pool: replace_window(
+            pool,
+            raw_adjust_factor,
+            served,
+            start=dt.date(1990, 12, 19),
+            end=dt.date(2024, 12, 31),
+            codes=["sh.600000"],
+            date_column="divid_operate_date",
+        ),
+    )
+    assert (result.deleted, result.rows) == (2, 2)
+    assert fetch(
+        engine,
+        "SELECT code, divid_operate_date, back_adjust_factor FROM raw_adjust_factor ORDER BY 1, 2",
+    ) == [
+        ("sh.600000", dt.date(2020, 6, 1), 1.1),
+        ("sh.600000", dt.date(2022, 6, 1), 1.3),
+        ("sz.000001", dt.date(2021, 6, 1), 1.5),  # another code: untouched
+    ]
+    with pytest.raises(WriteError, match="no 'trade_date'"):
+        run(
+            pg_dsn,
+            lambda pool: replace_window(
+                pool, raw_adjust_factor, served, start=dt.date(2020, 1, 1), end=dt.date(2024, 1, 1)
+            ),
+        )
 
 
 def test_partitions_appear_on_demand_for_a_new_year(pg_dsn: str, engine: Engine):

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 
@@ -28,8 +29,22 @@ if TYPE_CHECKING:
     from stock_pipeline.warehouse.engine import Warehouse
     from stock_pipeline.warehouse.writer import WriteResult
 
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+# The stocks query_all_stock lists as trading on each day of [$1, $2]: what a day's bars are
+# checked against. Like compute.reference.stock_universe, a code stock_basic does not know
+# counts.
+LISTED_TRADING_STOCKS_SQL = """
+SELECT a.trade_date, a.code FROM raw_all_stock a
+LEFT JOIN raw_stock_basic b ON b.code = a.code
+WHERE a.trade_date BETWEEN $1 AND $2 AND a.trade_status AND coalesce(b.security_type, 1) = 1
+"""
 PREVIEW_ROWS = 5
 FAILURES_SHOWN = 50
+
+
+def today() -> dt.date:
+    """Today in Shanghai, where the exchange's days are counted."""
+    return dt.datetime.now(SHANGHAI).date()
 
 
 @dataclass(frozen=True)
@@ -48,7 +63,9 @@ class Window:
         return str(self.start) if self.start == self.end else f"{self.start}..{self.end}"
 
 
-def window_of(context: dg.AssetExecutionContext, calendar: TradingCalendar) -> Window:
+def window_of(
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, calendar: TradingCalendar
+) -> Window:
     """The run's partition range as trading days (one key or a single-run range)."""
     keys = context.partition_key_range
     start, end = partition_day(keys.start), partition_day(keys.end)

@@ -16,8 +16,6 @@ from stock_pipeline.assets.runtime import Window
 from stock_pipeline.warehouse import indexes, reader, writer
 from stock_pipeline.warehouse.engine import Warehouse
 
-# -- writes with the configured chunking -----------------------------------------------------
-
 
 async def replace_window(
     wh: Warehouse,
@@ -27,6 +25,7 @@ async def replace_window(
     start: dt.date,
     end: dt.date,
     codes: Sequence[str] | None = None,
+    date_column: str | None = None,
 ) -> writer.WriteResult:
     return await writer.replace_window(
         wh.copy_pool,
@@ -35,6 +34,7 @@ async def replace_window(
         start=start,
         end=end,
         codes=codes,
+        date_column=date_column,
         chunk_rows=wh.settings.copy_chunk_rows,
         streams=wh.settings.copy_streams,
     )
@@ -68,9 +68,6 @@ async def bulk_load_if_large(
         yield True
 
 
-# -- bookkeeping -----------------------------------------------------------------------------
-
-
 async def record_fetch(
     wh: Warehouse,
     *,
@@ -81,9 +78,16 @@ async def record_fetch(
     failures: Mapping[str, str],
     rows: int,
     seconds: float,
+    error: str | None = None,
 ) -> None:
-    """One fetch_log row: what was fetched, when, and how it went."""
-    status = "ok" if not failures else ("failed" if len(failures) >= requested else "partial")
+    """One fetch_log row: what was fetched, when, and how it went (`error`: the sync failed as
+    a whole, recorded under the key "*" of failures)."""
+    if error:
+        status, failures = "failed", {"*": error, **failures}
+    elif not failures:
+        status = "ok"
+    else:
+        status = "failed" if len(failures) >= requested else "partial"
     await wh.copy_pool.execute(
         "INSERT INTO fetch_log (run_id, dataset, window_start, window_end, codes_requested, "
         "codes_failed, rows, seconds, status, failures) "
@@ -159,9 +163,6 @@ async def read_sync_dates(
         list(codes),
     )
     return {r["code"]: r["last_fetched_date"] for r in rows}
-
-
-# -- reads ----------------------------------------------------------------------------------
 
 
 async def read_frame(wh: Warehouse, name: str, sql: str, *args: Any) -> pd.DataFrame:

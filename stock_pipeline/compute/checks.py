@@ -5,49 +5,51 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-PRICE_TOLERANCE = 5e-5  # prices come with 2-4 decimals
+from stock_pipeline.compute.daily import ExRights
+
 FACTOR_TOLERANCE = 1e-9  # relative
+
+DECREASED = "decreased"
+UNEXPLAINED_CHANGE = "changed without an ex-right"
+MISSED_CHANGE = "ex-right without a factor change"
 
 
 def adjust_factor_violations(rows: pd.DataFrame) -> pd.DataFrame:
     """Rows where the back-adjust factor breaks its rules, with the rule broken.
 
     `rows`: code, trade_date, pre_close, close, back_adjust_factor, for every day of each code
-    in order (including the last stored row before the window, so the window's first day is
-    compared too). Rules: the factor never decreases along a code's history, and it changes only
-    on an ex-right date: the first traded bar on or after the change has a pre_close different
-    from the last traded close before it (the ex-right reference price). A change within a
-    suspension shows at the first traded bar after it.
+    (including the last stored row before the window, so the window's first day is compared
+    too). Rules:
+    - the factor never decreases along a code's history;
+    - it changes only on an ex-right: the first traded bar on or after the change shows one (a
+      change within a suspension shows at the first traded bar after it);
+    - an ex-right changes it: its factor differs from the last traded bar's (a factor BaoStock
+      had not published yet would otherwise be missed for good).
     """
     frame = rows.sort_values(["code", "trade_date"], kind="stable").reset_index(drop=True)
     if frame.empty:
         return frame.assign(rule=pd.Series([], dtype="str"))
-    codes = frame["code"].to_numpy(object)
-    first = np.ones(len(frame), dtype=bool)
-    first[1:] = codes[1:] != codes[:-1]
-    group = np.cumsum(first)
+    rights = ExRights.of(frame)
     factor = frame["back_adjust_factor"].to_numpy(np.float64)
     previous_factor = np.roll(factor, 1)
-    previous_factor[first] = np.nan
-    close = frame["close"].to_numpy(np.float64)
-    # The last traded close strictly before each row, within the code.
-    shifted = np.roll(close, 1)
-    shifted[first] = np.nan
-    last_close = pd.Series(shifted).groupby(group).ffill().to_numpy(np.float64)
-    pre_close = frame["pre_close"].to_numpy(np.float64)
-    traded = ~np.isnan(close)
-    ex_right = traded & ~(np.abs(pre_close - last_close) <= PRICE_TOLERANCE)
-    ex_right &= ~np.isnan(last_close)
+    previous_factor[rights.first] = np.nan
     # For each row: is the first traded row at or after it an ex-right? (back-fill per code)
-    marker = pd.Series(np.where(traded, ex_right, np.nan))
-    evidence = marker.groupby(group).bfill().fillna(0).to_numpy(bool)
+    marker = pd.Series(np.where(rights.traded, rights.ex_right, np.nan))
+    evidence = marker.groupby(rights.group).bfill().fillna(0).to_numpy(bool)
     scale = np.maximum(np.abs(previous_factor), 1.0)
     changed = np.abs(factor - previous_factor) > FACTOR_TOLERANCE * scale
     decreased = factor < previous_factor - FACTOR_TOLERANCE * scale
     unexplained = changed & ~decreased & ~evidence
-    out = frame.loc[decreased | unexplained, ["code", "trade_date", "back_adjust_factor"]].copy()
-    out["previous_factor"] = previous_factor[decreased | unexplained]
-    out["rule"] = np.where(
-        decreased[decreased | unexplained], "decreased", "changed without an ex-right"
+    # The factor of the last traded bar before each row, within the code.
+    traded_factor = np.where(rights.traded, factor, np.nan)
+    shifted = np.roll(traded_factor, 1)
+    shifted[rights.first] = np.nan
+    factor_before = pd.Series(shifted).groupby(rights.group).ffill().to_numpy(np.float64)
+    missed = rights.ex_right & (np.abs(factor - factor_before) <= FACTOR_TOLERANCE * scale)
+    bad = decreased | unexplained | missed
+    out = frame.loc[bad, ["code", "trade_date", "back_adjust_factor"]].copy()
+    out["previous_factor"] = previous_factor[bad]
+    out["rule"] = np.select(
+        [decreased[bad], unexplained[bad]], [DECREASED, UNEXPLAINED_CHANGE], MISSED_CHANGE
     )
     return out.reset_index(drop=True)

@@ -8,6 +8,9 @@ back-adjusted = price * factor; forward-adjusted = price * factor / latest facto
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -80,31 +83,83 @@ def stock_daily_rows(raw_bars: pd.DataFrame, factors: pd.DataFrame) -> pd.DataFr
     return rows.reset_index(drop=True)
 
 
-def ex_right_codes(
-    bars: pd.DataFrame, last_close_before: dict[str, float], *, tolerance: float = 5e-5
-) -> set[str]:
-    """Codes whose adjust factor can have changed within `bars`' days.
+PRICE_TOLERANCE = 5e-5  # BaoStock's prices have 2-4 decimals
+
+
+@dataclass(frozen=True)
+class ExRights:
+    """Per bar of one or more codes' histories (sorted by code, then day): the last traded close
+    strictly before the bar, and whether the bar shows an ex-right.
 
     An ex-right (dividend, bonus shares, split, rights issue) shows in BaoStock's bars as a
     `pre_close` that differs from the previous traded close: on an ex-date pre_close is the
-    ex-right reference price. A factor changes by prev close / pre_close (the percentage-change
-    method), so a code whose every traded bar has pre_close equal to the previous close kept its
-    factor. `last_close_before` gives each code's last traded close before the first bar; a code
-    without one (first listing, history not stored) counts as changed: it cannot be verified.
-    Suspended bars (no close) are skipped: the first traded bar after them compares with the last
-    traded close before them.
+    ex-right reference price. Suspended bars (no close) show nothing: the first traded bar after
+    them compares with the last traded close before them.
     """
-    traded = bars.loc[bars["close"].notna(), ["code", "trade_date", "pre_close", "close"]]
-    traded = traded.sort_values(["code", "trade_date"], kind="stable")
-    codes = traded["code"].to_numpy(object)
-    if len(codes) == 0:
-        return set()
-    first = np.ones(len(codes), dtype=bool)
-    first[1:] = codes[1:] != codes[:-1]
-    close = traded["close"].to_numpy(np.float64)
-    previous = np.empty(len(codes))
-    previous[1:] = close[:-1]
-    previous[first] = [last_close_before.get(c, np.nan) for c in codes[first]]
-    pre = traded["pre_close"].to_numpy(np.float64)
-    changed = ~(np.abs(pre - previous) <= tolerance)  # NaN (unknown) counts as changed
-    return set(codes[changed].tolist())
+
+    first: np.ndarray  # bool: the code's first bar
+    group: np.ndarray  # int: one number per code
+    traded: np.ndarray  # bool: the bar has a close
+    last_close: np.ndarray  # float: last traded close before the bar (NaN: unknown)
+    ex_right: np.ndarray  # bool: traded, last close known, pre_close differs from it
+
+    @classmethod
+    def of(cls, bars: pd.DataFrame, close_before: np.ndarray | None = None) -> ExRights:
+        """`bars` sorted by code and day; `close_before[i]` is the last traded close before
+        the first bar of row i's code (read where row i is a code's first bar; NaN: unknown)."""
+        codes = bars["code"].to_numpy(object)
+        first = np.ones(len(codes), dtype=bool)
+        first[1:] = codes[1:] != codes[:-1]
+        group = np.cumsum(first)
+        close = bars["close"].to_numpy(np.float64)
+        shifted = np.roll(close, 1)
+        shifted[first] = np.nan if close_before is None else close_before[first]
+        last_close = pd.Series(shifted).groupby(group).ffill().to_numpy(np.float64)
+        traded = ~np.isnan(close)
+        differs = ~(np.abs(bars["pre_close"].to_numpy(np.float64) - last_close) <= PRICE_TOLERANCE)
+        ex_right = traded & differs & ~np.isnan(last_close)
+        return cls(first, group, traded, last_close, ex_right)
+
+
+def ex_right_codes(bars: pd.DataFrame, last_close_before: dict[str, float]) -> set[str]:
+    """Codes whose adjust factor can have changed within `bars`' days.
+
+    A factor changes by prev close / pre_close (the percentage-change method), so a code whose
+    every traded bar has pre_close equal to the previous traded close kept its factor (see
+    ExRights). `last_close_before` gives each code's last traded close before the first bar; a
+    code without one (first listing, history not stored) counts as changed: it cannot be
+    verified.
+    """
+    ordered = bars.sort_values(["code", "trade_date"], kind="stable")
+    codes = ordered["code"].to_numpy(object)
+    before = np.array([last_close_before.get(c, np.nan) for c in codes], dtype=np.float64)
+    rights = ExRights.of(ordered, before)
+    # A code's first traded bar with no close known before it cannot be verified.
+    first_traded = rights.traded & (
+        pd.Series(rights.traded).groupby(rights.group).cumsum().to_numpy() == 1
+    )
+    unknown = first_traded & np.isnan(rights.last_close)
+    return set(codes[rights.ex_right | unknown].tolist())
+
+
+def factor_corrections(
+    stored: pd.DataFrame, served: pd.DataFrame, known_through: dict[str, dt.date]
+) -> dict[str, dt.date]:
+    """Per code, the earliest ex-date on or before `known_through[code]` where BaoStock's
+    factors (`served`) differ from the stored ones: a factor added, withdrawn or changed.
+
+    Both frames: code, divid_operate_date, back_adjust_factor. Back-adjust factors of past
+    ex-dates never change in a correct history, so any difference is a correction.
+    """
+    columns = ["code", "divid_operate_date", "back_adjust_factor"]
+    both = stored[columns].merge(
+        served[columns], on=["code", "divid_operate_date"], how="outer", suffixes=("_s", "_n")
+    )
+    limit = both["code"].map(lambda c: np.datetime64(known_through.get(c, dt.date.min), "D"))
+    within = both["divid_operate_date"].to_numpy("datetime64[D]") <= limit.to_numpy("datetime64[D]")
+    old = both["back_adjust_factor_s"].to_numpy(np.float64)
+    new = both["back_adjust_factor_n"].to_numpy(np.float64)
+    same = np.abs(old - new) <= 1e-9 * np.maximum(np.abs(old), 1.0)  # NaN: one side missing
+    changed = both.loc[within & ~same]
+    earliest = changed.groupby("code")["divid_operate_date"].min()
+    return {str(code): day.date() for code, day in earliest.items()}

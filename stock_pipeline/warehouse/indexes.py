@@ -309,8 +309,17 @@ async def rebuild_indexes(
         return done
 
 
+def bulk_load_lock(table: str) -> str:
+    """The advisory lock a bulk load of `table` holds for its whole duration."""
+    return f"stock_pipeline.bulk_load:{table}"
+
+
 async def repair_indexes(db: Database) -> list[str]:
-    """Rebuild every index left in index_definitions by an interrupted bulk load."""
+    """Rebuild every index left in index_definitions by an interrupted bulk load.
+
+    A bulk load that is still running holds its table's lock (bulk_load_lock, session level,
+    so a crash releases it): its dropped indexes are its own, and are left to it.
+    """
     async with connection(db) as conn:
         recorded = await recorded_indexes(conn)
         if not recorded:
@@ -324,14 +333,26 @@ async def repair_indexes(db: Database) -> list[str]:
                 d.table,
                 quote(d.table),
             )
-            roots.append(root or d.table)
-        log.warning(
-            "[indexes] repairing indexes left dropped by an interrupted load: %s",
-            ", ".join(sorted({d.name for d in recorded})),
-        )
+            roots.append((root or d.table).strip('"'))
         repaired = []
         for root in dict.fromkeys(roots):
-            repaired += await rebuild_indexes(conn, root.strip('"'))
+            key = bulk_load_lock(root)
+            if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key):
+                log.info(
+                    "[indexes] %s: a bulk load is running; its dropped indexes are its own", root
+                )
+                continue
+            try:
+                log.warning(
+                    "[indexes] %s: rebuilding indexes an interrupted load left dropped: %s",
+                    root,
+                    ", ".join(
+                        sorted({d.name for d, r in zip(recorded, roots, strict=True) if r == root})
+                    ),
+                )
+                repaired += await rebuild_indexes(conn, root)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
         return repaired
 
 
@@ -344,13 +365,28 @@ async def bulk_load(
     maintenance_work_mem: str | None = "1GB",
 ) -> AsyncIterator[list[IndexDefinition]]:
     """Drop the table's secondary indexes for the block and rebuild them afterwards, also when
-    the block fails. Repairs leftovers of an interrupted earlier load first."""
-    await repair_indexes(db)
-    dropped = await drop_indexes(db, table)
-    try:
-        yield dropped
-    finally:
-        if dropped:
-            await rebuild_indexes(
-                db, table, concurrently=concurrently, maintenance_work_mem=maintenance_work_mem
-            )
+    the block fails. Repairs leftovers of an interrupted earlier load first.
+
+    Holds the table's bulk-load lock throughout (on a connection of its own when given a
+    pool): bulk loads of one table take turns, and repair_indexes elsewhere leaves this one's
+    dropped indexes alone.
+    """
+    name = table_name(table)
+    key = bulk_load_lock(name)
+    async with connection(db) as holder:
+        await holder.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
+        try:
+            await repair_indexes(holder)
+            dropped = await drop_indexes(holder, table)
+            try:
+                yield dropped
+            finally:
+                if dropped:
+                    await rebuild_indexes(
+                        db if isinstance(db, asyncpg.Pool) else holder,
+                        table,
+                        concurrently=concurrently,
+                        maintenance_work_mem=maintenance_work_mem,
+                    )
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)

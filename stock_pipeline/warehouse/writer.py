@@ -209,10 +209,19 @@ class Window:
     codes: tuple[str, ...] | None = None
 
     @classmethod
-    def of(cls, table: Table, start: date, end: date, codes: Sequence[str] | None) -> Window:
-        column = table.info.get("partition_column") or "trade_date"
+    def of(
+        cls,
+        table: Table,
+        start: date,
+        end: date,
+        codes: Sequence[str] | None,
+        date_column: str | None = None,
+    ) -> Window:
+        column = date_column or table.info.get("partition_column") or "trade_date"
         if column not in table.c:
-            raise WriteError(table.name, "replace_window needs a trade_date-partitioned table")
+            raise WriteError(
+                table.name, f"replace_window needs a date column; the table has no {column!r}"
+            )
         if start > end:
             raise ValueError(f"replace_window: start {start} is after end {end}")
         if codes is not None and "code" not in table.c:
@@ -389,12 +398,14 @@ async def replace_window(
     start: date,
     end: date,
     codes: Sequence[str] | None = None,
+    date_column: str | None = None,
     chunk_rows: int | None = None,
     streams: int | None = None,
     method: Method = "copy",
 ) -> WriteResult:
     """Make the rows of `table` with trade_date in [start, end] (and code in `codes`, when
-    given) exactly `rows`, in one transaction.
+    given) exactly `rows`, in one transaction. `date_column` names another date column to
+    window on (default: the table's partition column, else trade_date).
 
     Idempotent; a concurrent reader sees the old window or the new one, never a mix. Rows outside
     the window (or of other codes) are an error. Replace writers of one table take turns (an
@@ -408,7 +419,8 @@ async def replace_window(
     """
     began = time.perf_counter()
     table = resolve(table)
-    plan = ReplacePlan.make(table, rows, Window.of(table, start, end, codes), chunk_rows)
+    window = Window.of(table, start, end, codes, date_column)
+    plan = ReplacePlan.make(table, rows, window, chunk_rows)
     streams = partitions.copy_streams(db, streams)
     await ensure_partitions(db, table, year_counts(plan.row_years), leave_missing=plan.big_years)
     written = None

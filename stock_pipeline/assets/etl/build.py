@@ -5,6 +5,7 @@ Imported when an asset runs, not when definitions load (pandas, the writer).
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import dagster as dg
@@ -83,6 +84,7 @@ async def build_stock_daily(
     report = runtime.Report("stock_daily", window)
     async with warehouse.open() as wh:
         codes = await _codes_with_bars(wh, window)
+        ready, waiting = await _factors_known(wh, window, codes)
         expected = await wh.copy_pool.fetchval(
             "SELECT count(*) FROM raw_k_daily WHERE trade_date BETWEEN $1 AND $2",
             window.start,
@@ -90,19 +92,42 @@ async def build_stock_daily(
         )
         violations: list[pd.DataFrame] = []
         async with store.bulk_load_if_large(wh, "stock_daily", window, expected) as bulk:
-            for start in range(0, len(codes), CODES_PER_BATCH):
-                batch = codes[start : start + CODES_PER_BATCH]
+            for start in range(0, len(ready), CODES_PER_BATCH):
+                batch = ready[start : start + CODES_PER_BATCH]
                 violations.append(await _load_batch(wh, window, batch, report))
         dropped = await _drop_codes_without_bars(wh, window, codes)
-        report.extra["rows_deleted_of_codes_without_bars"] = dropped
-        report.extra["index_management"] = bulk
-        report.extra["codes"] = len(codes)
+        report.extra.update(
+            {
+                "codes": len(ready),
+                "codes_waiting_for_factors": len(waiting),
+                "waiting_for_factors": ", ".join(waiting[:50]) or "none",
+                "rows_deleted_of_codes_without_bars": dropped,
+                "index_management": bulk,
+            }
+        )
+    if waiting:
+        context.log.warning(
+            f"[etl.stock_daily] {window}: {len(waiting)} codes left as they were, their adjust "
+            f"factors not known through {window.end} (e.g. {', '.join(waiting[:5])}): "
+            "materialize raw_adjust_factor for these partitions, then stock_daily again"
+        )
     context.log.info(
         f"[etl.stock_daily] {window}: {report.rows_written.get('stock_daily', 0)} rows of "
-        f"{len(codes)} codes, {report.stages.wall_s:.1f}s"
+        f"{len(ready)} codes, {report.stages.wall_s:.1f}s"
     )
     found = pd.concat(violations, ignore_index=True) if violations else None
     return report.result(), _factor_check_result(found)
+
+
+async def _factors_known(
+    wh: Warehouse, window: runtime.Window, codes: list[str]
+) -> tuple[list[str], list[str]]:
+    """Codes whose factor list is known through the window's end (raw_adjust_factor's
+    sync_state), and the others: those would get a wrong back-adjust factor, so they wait."""
+    known = await store.read_sync_dates(wh, "raw_adjust_factor", codes)
+    ready = [c for c in codes if (known.get(c) or dt.date.min) >= window.end]
+    waiting = [c for c in codes if (known.get(c) or dt.date.min) < window.end]
+    return ready, waiting
 
 
 async def _codes_with_bars(wh: Warehouse, window: runtime.Window) -> list[str]:

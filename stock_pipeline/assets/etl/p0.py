@@ -5,7 +5,8 @@ run). Business tables are written with upsert / replace_window, never "insert if
 value BaoStock corrects reaches them.
 """
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -29,9 +30,6 @@ def _asset_args(name: str, deps: Sequence[str]) -> dict[str, Any]:
     }
 
 
-# -- reference tables (not partitioned) ---------------------------------------------------------
-
-
 @dg.asset(
     description="One row per security, from raw_stock_basic (industry: see the P4 group).",
     **_asset_args("stocks", ["raw_stock_basic"]),
@@ -51,8 +49,6 @@ async def trade_calendar(warehouse: WarehouseResource) -> dg.MaterializeResult:
 
     return await build.build_trade_calendar(warehouse)
 
-
-# -- stock_daily (partitioned) ---------------------------------------------------------------
 
 FACTOR_CHECK = "stock_daily_adjust_factor_check"
 
@@ -89,14 +85,8 @@ def build_stock_daily(
     return stock_daily
 
 
-# -- SQL checks beside their assets ------------------------------------------------------------
-
-COVERAGE_SQL = """
-WITH listed AS (
-    SELECT a.trade_date, a.code FROM raw_all_stock a
-    JOIN raw_stock_basic b ON b.code = a.code AND b.security_type = 1
-    WHERE a.trade_date BETWEEN $1 AND $2 AND a.trade_status
-)
+COVERAGE_SQL = f"""
+WITH listed AS ({runtime.LISTED_TRADING_STOCKS_SQL})
 SELECT l.trade_date, count(*) AS listed, count(*) FILTER (WHERE d.code IS NULL) AS missing,
        (array_agg(l.code ORDER BY l.code) FILTER (WHERE d.code IS NULL))[1:10] AS examples
 FROM listed l LEFT JOIN stock_daily d ON d.code = l.code AND d.trade_date = l.trade_date
@@ -149,12 +139,23 @@ WHERE trade_date BETWEEN $1 AND $2 AND lower(btrim(code)) IN (
 GROUP BY 1, 2 HAVING count(*) > 1 ORDER BY 2, 1 LIMIT 20
 """
 
+# Per code: stock_daily holds one row per raw bar. Codes with bars but no stock_daily rows at
+# all (waiting for their adjust factors) are coverage's to report, not a mismatch.
 RECONCILE_SQL = """
+WITH raw AS (
+    SELECT code, count(*) AS n FROM raw_k_daily WHERE trade_date BETWEEN $1 AND $2 GROUP BY 1
+), built AS (
+    SELECT code, count(*) AS n FROM stock_daily WHERE trade_date BETWEEN $1 AND $2 GROUP BY 1
+)
 SELECT
-    (SELECT count(*) FROM raw_k_daily k JOIN raw_stock_basic b ON b.code = k.code
-        AND b.security_type = 1 WHERE k.trade_date BETWEEN $1 AND $2) AS raw_stock_rows,
-    (SELECT count(*) FROM raw_k_daily WHERE trade_date BETWEEN $1 AND $2) AS raw_rows,
-    (SELECT count(*) FROM stock_daily WHERE trade_date BETWEEN $1 AND $2) AS business_rows
+    coalesce(sum(built.n), 0)::bigint AS business_rows,
+    (SELECT coalesce(sum(n), 0) FROM raw)::bigint AS raw_rows,
+    count(*) FILTER (WHERE raw.n IS NULL) AS codes_without_raw_bars,
+    count(*) FILTER (WHERE raw.n <> built.n) AS codes_with_other_counts,
+    (SELECT count(*) FROM raw) - count(*) FILTER (WHERE raw.n IS NOT NULL) AS codes_not_built,
+    (array_agg(built.code ORDER BY built.code)
+        FILTER (WHERE raw.n IS NULL OR raw.n <> built.n))[1:10] AS examples
+FROM built LEFT JOIN raw USING (code)
 """
 
 
@@ -167,136 +168,157 @@ def _check(passed: bool, metadata: dict[str, Any], failure: str) -> dg.AssetChec
     )
 
 
+async def coverage(window: runtime.Window, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    tolerance = warehouse.settings().coverage_tolerance
+    async with warehouse.open() as wh:
+        days = await wh.copy_pool.fetch(COVERAGE_SQL, window.start, window.end)
+    unlisted = sorted(set(window.sessions) - {r["trade_date"] for r in days})
+    worst = max(days, key=lambda r: r["missing"] / r["listed"], default=None)
+    over = [r for r in days if r["missing"] > tolerance * r["listed"]]
+    metadata: dict[str, Any] = {
+        "days_checked": len(days),
+        "days_over_tolerance": len(over),
+        "missing_bars": sum(r["missing"] for r in days),
+        "tolerance": tolerance,
+        "days_without_listing": [str(d) for d in unlisted[:20]],
+    }
+    if worst is not None:
+        metadata["worst_day"] = f"{worst['trade_date']}: {worst['missing']}/{worst['listed']}"
+    if over:
+        metadata["examples"] = dg.MetadataValue.md(
+            "\n".join(
+                f"- {r['trade_date']}: {r['missing']} of {r['listed']} missing, e.g. "
+                + ", ".join(r["examples"] or [])
+                for r in over[:10]
+            )
+        )
+    problems = []
+    if over:
+        problems.append(f"{len(over)} days miss bars of listed stocks beyond the tolerance")
+    if unlisted:
+        problems.append(f"{len(unlisted)} days have no listing in raw_all_stock")
+    return _check(not problems, metadata, "; ".join(problems))
+
+
+async def ohlc_sanity(window: runtime.Window, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    async with warehouse.open() as wh:
+        counts = dict(await wh.copy_pool.fetchrow(OHLC_SQL, window.start, window.end))
+        bad = sum(v for k, v in counts.items() if k != "rows")
+        metadata: dict[str, Any] = dict(counts)
+        if bad:
+            from stock_pipeline.assets import store
+
+            examples = await store.read_frame(
+                wh, "stock_daily", OHLC_EXAMPLES_SQL, window.start, window.end
+            )
+            metadata["examples"] = runtime.markdown_table(examples, rows=20)
+    return _check(bad == 0, metadata, f"{bad} rows break OHLC sanity")
+
+
+async def key_uniqueness(
+    window: runtime.Window, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    async with warehouse.open() as wh:
+        keys = await wh.copy_pool.fetch(PRIMARY_KEYS_SQL)
+        malformed = await wh.copy_pool.fetchval(MALFORMED_CODES_SQL, window.start, window.end)
+        duplicates = []
+        if malformed:
+            duplicates = await wh.copy_pool.fetch(COLLISIONS_SQL, window.start, window.end)
+    unkeyed = [r["relation"] for r in keys if not r["has_valid_key"]]
+    metadata: dict[str, Any] = {
+        "relations_without_valid_primary_key": unkeyed,
+        "malformed_codes": malformed,
+        "colliding_keys": len(duplicates),
+    }
+    if duplicates:
+        metadata["examples"] = [f"{r['code']} {r['trade_date']} x{r['copies']}" for r in duplicates]
+    return _check(
+        not unkeyed and not malformed,
+        metadata,
+        f"{len(unkeyed)} relations without a valid primary key, {malformed} malformed codes, "
+        f"{len(duplicates)} keys colliding once normalised",
+    )
+
+
+async def raw_reconciliation(
+    window: runtime.Window, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    async with warehouse.open() as wh:
+        found = dict(await wh.copy_pool.fetchrow(RECONCILE_SQL, window.start, window.end))
+    examples = found.pop("examples") or []
+    bad = found["codes_without_raw_bars"] + found["codes_with_other_counts"]
+    return _check(
+        bad == 0,
+        {**found, "examples": examples},
+        f"{bad} codes whose stock_daily rows do not match their raw bars, e.g. "
+        + ", ".join(examples),
+    )
+
+
+@dataclass(frozen=True)
+class WindowCheck:
+    """A check of stock_daily over the run's trading days."""
+
+    name: str
+    description: str
+    blocking: bool
+    evaluate: Callable[[runtime.Window, WarehouseResource], Awaitable[dg.AssetCheckResult]]
+
+
+STOCK_DAILY_CHECKS = (
+    WindowCheck(
+        "stock_daily_coverage_check",
+        "Every stock query_all_stock lists as trading on a day has its bar "
+        "(STOCK_PIPELINE_COVERAGE_TOLERANCE: share allowed to be missing).",
+        False,  # a few missing stocks must not hold back the whole market's downstream
+        coverage,
+    ),
+    WindowCheck(
+        "stock_daily_ohlc_sanity_check",
+        "low <= open, close <= high; prices > 0; volume, amount >= 0; suspended days carry no "
+        "prices and traded days a close.",
+        True,
+        ohlc_sanity,
+    ),
+    WindowCheck(
+        "stock_daily_key_uniqueness_check",
+        "One row per (code, trade_date), codes in BaoStock's form (sh.600000), also when "
+        "compared case- and space-insensitively.",
+        True,
+        key_uniqueness,
+    ),
+    WindowCheck(
+        "stock_daily_raw_reconciliation_check",
+        "Each code's stock_daily rows match its raw_k_daily bars one for one.",
+        True,
+        raw_reconciliation,
+    ),
+)
+
+
+def _window_check(
+    spec: WindowCheck, calendar: TradingCalendar, partitions: dg.PartitionsDefinition
+) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset="stock_daily",
+        name=spec.name,
+        partitions_def=partitions,
+        blocking=spec.blocking,
+        description=spec.description,
+    )
+    async def check(
+        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+    ) -> dg.AssetCheckResult:
+        return await spec.evaluate(runtime.window_of(context, calendar), warehouse)
+
+    return check
+
+
 def build_stock_daily_checks(
     calendar: TradingCalendar, partitions: dg.PartitionsDefinition
 ) -> list[dg.AssetChecksDefinition]:
     """SQL checks of stock_daily over the run's window (blocking ones stop downstream assets)."""
-
-    @dg.asset_check(
-        asset="stock_daily",
-        partitions_def=partitions,
-        description="Every stock query_all_stock lists as trading on a day has its bar "
-        "(STOCK_PIPELINE_COVERAGE_TOLERANCE: share allowed to be missing).",
-    )
-    async def stock_daily_coverage_check(
-        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-    ) -> dg.AssetCheckResult:
-        window = runtime.window_of(context, calendar)
-        tolerance = warehouse.settings().coverage_tolerance
-        async with warehouse.open() as wh:
-            days = await wh.copy_pool.fetch(COVERAGE_SQL, window.start, window.end)
-        unlisted = sorted(set(window.sessions) - {r["trade_date"] for r in days})
-        worst = max(days, key=lambda r: r["missing"] / r["listed"], default=None)
-        over = [r for r in days if r["missing"] > tolerance * r["listed"]]
-        metadata: dict[str, Any] = {
-            "days_checked": len(days),
-            "days_over_tolerance": len(over),
-            "missing_bars": sum(r["missing"] for r in days),
-            "tolerance": tolerance,
-            "days_without_listing": [str(d) for d in unlisted[:20]],
-        }
-        if worst is not None:
-            metadata["worst_day"] = f"{worst['trade_date']}: {worst['missing']}/{worst['listed']}"
-        if over:
-            metadata["examples"] = dg.MetadataValue.md(
-                "\n".join(
-                    f"- {r['trade_date']}: {r['missing']} of {r['listed']} missing, e.g. "
-                    + ", ".join(r["examples"] or [])
-                    for r in over[:10]
-                )
-            )
-        problems = []
-        if over:
-            problems.append(f"{len(over)} days miss bars of listed stocks beyond the tolerance")
-        if unlisted:
-            problems.append(f"{len(unlisted)} days have no listing in raw_all_stock")
-        return _check(not problems, metadata, "; ".join(problems))
-
-    @dg.asset_check(
-        asset="stock_daily",
-        partitions_def=partitions,
-        blocking=True,
-        description="low <= open, close <= high; prices > 0; volume, amount >= 0; suspended "
-        "days carry no prices and traded days a close.",
-    )
-    async def stock_daily_ohlc_sanity_check(
-        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-    ) -> dg.AssetCheckResult:
-        window = runtime.window_of(context, calendar)
-        async with warehouse.open() as wh:
-            counts = dict(await wh.copy_pool.fetchrow(OHLC_SQL, window.start, window.end))
-            bad = sum(v for k, v in counts.items() if k != "rows")
-            metadata: dict[str, Any] = dict(counts)
-            if bad:
-                from stock_pipeline.assets import store
-
-                examples = await store.read_frame(
-                    wh, "stock_daily", OHLC_EXAMPLES_SQL, window.start, window.end
-                )
-                metadata["examples"] = runtime.markdown_table(examples, rows=20)
-        return _check(bad == 0, metadata, f"{bad} rows break OHLC sanity")
-
-    @dg.asset_check(
-        asset="stock_daily",
-        partitions_def=partitions,
-        blocking=True,
-        description="One row per (code, trade_date), codes in BaoStock's form (sh.600000), "
-        "also when compared case- and space-insensitively.",
-    )
-    async def stock_daily_key_uniqueness_check(
-        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-    ) -> dg.AssetCheckResult:
-        window = runtime.window_of(context, calendar)
-        async with warehouse.open() as wh:
-            keys = await wh.copy_pool.fetch(PRIMARY_KEYS_SQL)
-            malformed = await wh.copy_pool.fetchval(MALFORMED_CODES_SQL, window.start, window.end)
-            duplicates = []
-            if malformed:
-                duplicates = await wh.copy_pool.fetch(COLLISIONS_SQL, window.start, window.end)
-        unkeyed = [r["relation"] for r in keys if not r["has_valid_key"]]
-        metadata: dict[str, Any] = {
-            "relations_without_valid_primary_key": unkeyed,
-            "malformed_codes": malformed,
-            "colliding_keys": len(duplicates),
-        }
-        if duplicates:
-            metadata["examples"] = [
-                f"{r['code']} {r['trade_date']} x{r['copies']}" for r in duplicates
-            ]
-        return _check(
-            not unkeyed and not malformed,
-            metadata,
-            f"{len(unkeyed)} relations without a valid primary key, {malformed} malformed codes, "
-            f"{len(duplicates)} keys colliding once normalised",
-        )
-
-    @dg.asset_check(
-        asset="stock_daily",
-        partitions_def=partitions,
-        blocking=True,
-        description="stock_daily holds exactly one row per raw_k_daily bar of a stock.",
-    )
-    async def stock_daily_raw_reconciliation_check(
-        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-    ) -> dg.AssetCheckResult:
-        window = runtime.window_of(context, calendar)
-        async with warehouse.open() as wh:
-            counts = dict(await wh.copy_pool.fetchrow(RECONCILE_SQL, window.start, window.end))
-        # Bars of codes stock_basic does not know count as stocks (see stock_universe).
-        expected_low, expected_high = counts["raw_stock_rows"], counts["raw_rows"]
-        passed = expected_low <= counts["business_rows"] <= expected_high
-        return _check(
-            passed,
-            counts,
-            f"stock_daily has {counts['business_rows']} rows for {counts['raw_rows']} raw bars",
-        )
-
-    return [
-        stock_daily_coverage_check,
-        stock_daily_ohlc_sanity_check,
-        stock_daily_key_uniqueness_check,
-        stock_daily_raw_reconciliation_check,
-    ]
+    return [_window_check(spec, calendar, partitions) for spec in STOCK_DAILY_CHECKS]
 
 
 @dg.asset_check(asset="stocks", blocking=True, description="stocks has a row per raw security.")

@@ -1,13 +1,14 @@
 """Raw assets, generated: one per RAW_DATASETS entry (warehouse/tables.py) that has a sync.
 
 The dataset spec gives the asset its name, group, description and columns; the sync (p0.py,
-later p1..p5) says how to fetch it. Every raw asset runs in the `baostock` concurrency pool,
-so concurrent runs never open more BaoStock sessions than configured, and every partitioned one
-takes a range in one run (BackfillPolicy.single_run), which `--partition-range` requires.
+later p1..p5) says how to fetch it. Within a run, one raw step at a time opens a session pool
+(the executor's tag limit); every raw asset is in the `baostock` concurrency pool, which an
+instance limits across runs with `concurrency: pools:` in its dagster.yaml. Every partitioned
+one takes a range in one run (BackfillPolicy.single_run), which `--partition-range` requires.
 """
 
-import datetime as dt
 import importlib
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -16,6 +17,9 @@ from stock_pipeline.assets.raw.job import RawJob, RawSync, SyncError, SyncFuncti
 from stock_pipeline.calendar import TradingCalendar
 from stock_pipeline.resources import BaostockResource, WarehouseResource
 from stock_pipeline.warehouse.tables import RAW_DATASETS, RawDataset
+
+if TYPE_CHECKING:
+    from stock_pipeline.baostock.pool import BaostockPool
 
 
 def _sync(module: str, function: str) -> SyncFunction:
@@ -84,14 +88,16 @@ def build_raw_asset(
         async with runtime.open_pool_and_warehouse(baostock, warehouse) as (pool, wh):
             job = RawJob(spec.table, context, window, pool, wh, calendar, settings, report)
             try:
-                await sync.run(job)
+                await _sync_and_count(job, sync, pool)
             except SyncError as exc:
-                await _record_outcome(job)
-                raise dg.Failure(str(exc), metadata=report.metadata()) from None
-            finally:
-                # Every message this asset sent BaoStock: queries with their pages, logins.
-                report.server_requests = pool.stats.server_requests
-                report.extra["baostock_logins"] = pool.stats.logins
+                await _record_outcome(job, error=str(exc))
+                # Retrying cannot help: the message says what to do first.
+                raise dg.Failure(
+                    str(exc), metadata=report.metadata(), allow_retries=False
+                ) from None
+            except Exception as exc:
+                await _record_outcome(job, error=f"{type(exc).__name__}: {exc}")
+                raise
             await _record_outcome(job)
         context.log.info(
             f"[{spec.group.lower()}.{spec.table}] {window or 'all'}: "
@@ -103,7 +109,18 @@ def build_raw_asset(
     return raw_asset
 
 
-async def _record_outcome(job: RawJob) -> None:
+async def _sync_and_count(job: RawJob, sync: RawSync, pool: "BaostockPool") -> None:
+    try:
+        await sync.run(job)
+    finally:
+        # Every message this asset sent BaoStock: queries with their pages, logins.
+        job.report.server_requests = pool.stats.server_requests
+        job.report.extra["baostock_logins"] = pool.stats.logins
+
+
+async def _record_outcome(job: RawJob, error: str | None = None) -> None:
+    """fetch_log (and, for datasets not fetched per code, sync_state) for this sync; `error`
+    when it failed as a whole."""
     from stock_pipeline.assets import store
 
     report = job.report
@@ -116,11 +133,14 @@ async def _record_outcome(job: RawJob) -> None:
         failures=report.failures,
         rows=report.rows_written.get(job.name, 0),
         seconds=report.stages.wall_s,
+        error=error,
     )
     if not (job.window and SYNCS[job.name].per_code):
         # Datasets fetched once or per day have one sync_state row (code '').
-        failed = {"": f"{len(report.failures)} requests failed"} if report.failures else {}
-        through = job.window.end if job.window else dt.date.today()
+        failed = {"": error} if error else {}
+        if report.failures and not error:
+            failed = {"": f"{len(report.failures)} requests failed"}
+        through = job.window.end if job.window else runtime.today()
         await job.record_state(ok=[] if failed else [""], failures=failed, through=through)
 
 

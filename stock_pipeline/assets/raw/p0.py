@@ -11,6 +11,8 @@
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +21,7 @@ from stock_pipeline import calendar as trading_calendar
 from stock_pipeline.assets import runtime, store
 from stock_pipeline.assets.raw.job import RawJob, SyncError
 from stock_pipeline.baostock.fetch import fetch_daily_bars, fetch_many
-from stock_pipeline.compute.daily import ex_right_codes
+from stock_pipeline.compute.daily import ex_right_codes, factor_corrections
 from stock_pipeline.compute.reference import stock_universe
 
 # Factor history is fetched from the first trading day on: the factor in force on any day is
@@ -45,15 +47,12 @@ def _fail_if_mostly_failed(job: RawJob, requested: int, failures: dict[str, str]
         )
 
 
-# -- calendar and listings (not partitioned) ---------------------------------------------------
-
-
 async def sync_trade_dates(job: RawJob) -> runtime.Report:
     """BaoStock's trade dates from the start date to the end of next year, stored twice: in
     raw_trade_dates and as the calendar file definitions extend the partitions from."""
     report = job.report
     start = job.settings.start_date
-    end = dt.date(dt.date.today().year + 1, 12, 31)
+    end = dt.date(runtime.today().year + 1, 12, 31)
     with report.stages.time("fetch"):
         result = await job.pool.query(
             "query_trade_dates", start_date=_iso(start), end_date=_iso(end)
@@ -83,6 +82,15 @@ async def sync_trade_dates(job: RawJob) -> runtime.Report:
     )
     for d in differ[:10]:
         job.log.warning(f"[{job.name}] calendar disagreement: {d}")
+    if stored.last_day > job.calendar.last_day:
+        # Code locations read the calendar when they load: a running webserver or daemon shows
+        # the new trading days once it reloads.
+        report.extra["partitions_extended_to"] = str(stored.last_day)
+        job.log.info(
+            f"[{job.name}] trading days now known through {stored.last_day} (the loaded "
+            f"definitions stop at {job.calendar.last_day}): reload the code location to get "
+            "their partitions"
+        )
     return report
 
 
@@ -119,9 +127,6 @@ async def sync_stock_basic(job: RawJob) -> runtime.Report:
     return report
 
 
-# -- per day ------------------------------------------------------------------------------------
-
-
 async def sync_all_stock(job: RawJob) -> runtime.Report:
     """query_all_stock for each trading day of the window (one request per day)."""
     report, window = job.report, job.window_required
@@ -152,6 +157,7 @@ async def sync_all_stock(job: RawJob) -> runtime.Report:
             on_batch=write,
             key_column="trade_date",
         )
+    # Batches were written while the fetch went on (on_batch): the fetch's own time is the rest.
     report.stages.add("fetch", -report.stages.seconds.get("write", 0.0))
     report.requested, report.server_requests = result.requested, result.server_requests
     report.failures = result.failures
@@ -177,9 +183,6 @@ def _contiguous_runs(
             begin = current
     runs.append((begin, present[-1]))
     return [(pd.Timestamp(sessions[a]), pd.Timestamp(sessions[b])) for a, b in runs]
-
-
-# -- per code -------------------------------------------------------------------------------
 
 
 async def range_universe(job: RawJob) -> list[str]:
@@ -237,6 +240,7 @@ async def sync_k_daily(job: RawJob) -> runtime.Report:
                 batch_size=job.batch_size,
                 on_batch=write,
             )
+    # Batches were written while the fetch went on (on_batch): the fetch's own time is the rest.
     report.stages.add("fetch", -report.stages.seconds.get("write", 0.0))
     report.requested, report.server_requests = result.requested, result.server_requests
     report.failures = result.failures
@@ -259,13 +263,12 @@ async def sync_k_daily(job: RawJob) -> runtime.Report:
     return report
 
 
-MISSING_BARS_SQL = """
-SELECT a.trade_date, a.code
-FROM raw_all_stock a
-JOIN raw_stock_basic b ON b.code = a.code AND b.security_type = 1
-LEFT JOIN {bars} k ON k.code = a.code AND k.trade_date = a.trade_date
-WHERE a.trade_date BETWEEN $1 AND $2 AND a.trade_status AND k.code IS NULL
-ORDER BY a.trade_date, a.code
+MISSING_BARS_SQL = f"""
+WITH listed AS ({runtime.LISTED_TRADING_STOCKS_SQL})
+SELECT l.trade_date, l.code FROM listed l
+LEFT JOIN {{bars}} k ON k.code = l.code AND k.trade_date = l.trade_date
+WHERE k.code IS NULL
+ORDER BY l.trade_date, l.code
 """
 
 
@@ -282,8 +285,6 @@ async def missing_bars(job: RawJob, bars_table: str) -> pd.DataFrame:
         }
     )
 
-
-# -- adjust factors ------------------------------------------------------------------------------
 
 LAST_CLOSE_SQL = """
 SELECT c.code, k.close
@@ -303,70 +304,97 @@ async def sync_adjust_factor(job: RawJob) -> runtime.Report:
     on from that date needs no request for the code unless its bars show an ex-right (pre_close
     differs from the previous close; see compute.daily.ex_right_codes); codes never fetched, or
     with a gap between their state and the window, get their whole factor history (one
-    request, a few dozen rows).
+    request, a few dozen rows), which replaces what was stored for them.
     """
     report, window = job.report, job.window_required
-    bars_codes = await job.wh.copy_pool.fetch(
-        "SELECT DISTINCT code FROM raw_k_daily WHERE trade_date BETWEEN $1 AND $2",
-        window.start,
-        window.end,
-    )
-    universe = sorted(r["code"] for r in bars_codes)
+    universe = [
+        r["code"]
+        for r in await job.wh.copy_pool.fetch(
+            "SELECT DISTINCT code FROM raw_k_daily WHERE trade_date BETWEEN $1 AND $2 ORDER BY 1",
+            window.start,
+            window.end,
+        )
+    ]
+    if not universe:
+        raise SyncError(
+            f"raw_k_daily holds no bar for {window}: materialize raw_k_daily for these "
+            "partitions first (factors are fetched for the codes that have bars)"
+        )
     plan = await _plan_factor_fetch(job, universe)
-    requests = {
-        code: {
-            "code": code,
-            "start_date": _iso(FACTOR_HISTORY_START),
-            "end_date": _iso(window.end),
-        }
-        for code in plan.fetch
-    }
     with report.stages.time("fetch"):
         result = await fetch_many(
             job.pool,
             "query_adjust_factor",
-            requests,
+            {code: _history_request(code, window.end) for code in plan.fetch},
             label=f"p0.{job.name}",
             batch_size=job.batch_size,
         )
-    report.requested, report.server_requests = result.requested, result.server_requests
-    report.failures = result.failures
+    report.requested, report.failures = result.requested, dict(result.failures)
+    fetched = [c for c in plan.fetch if c not in result.failures]
+    report.failures.update(_ex_rights_without_a_factor(plan, result.frame))
     with report.stages.time("write"):
-        if not result.frame.empty:
-            report.wrote(await store.upsert(job.wh, job.name, result.frame))
-        fetched = [c for c in plan.fetch if c not in result.failures]
-        await job.record_state(ok=[*fetched, *plan.verified], failures=result.failures)
+        corrections = await _corrections(job, plan, result.frame, fetched)
+        if fetched:
+            report.wrote(
+                await store.replace_window(
+                    job.wh,
+                    job.name,
+                    result.frame,
+                    start=FACTOR_HISTORY_START,
+                    end=window.end,
+                    codes=fetched,
+                    date_column="divid_operate_date",
+                )
+            )
+        ok = [c for c in [*fetched, *plan.verified] if c not in report.failures]
+        await job.record_state(ok=ok, failures=report.failures)
     report.preview = result.frame
-    report.extra.update(
-        {
-            "codes_in_window": len(universe),
-            "codes_verified_without_request": len(plan.verified),
-            "codes_fetched_first_time_or_after_gap": len(plan.unknown),
-            "codes_fetched_for_ex_right": len(plan.ex_right),
-            "requests_per_code": round(result.server_requests / max(1, len(universe)), 4),
-        }
-    )
+    report.extra.update(plan.metadata(len(universe), result.server_requests))
+    _report_corrections(job, corrections)
     _fail_if_mostly_failed(job, result.requested, result.failures)
     return report
 
 
+def _history_request(code: str, end: dt.date) -> dict[str, str]:
+    return {"code": code, "start_date": _iso(FACTOR_HISTORY_START), "end_date": _iso(end)}
+
+
+@dataclass
 class _FactorPlan:
-    def __init__(self, unknown: list[str], ex_right: list[str], verified: list[str]):
-        self.unknown, self.ex_right, self.verified = unknown, ex_right, verified
-        self.fetch = sorted({*unknown, *ex_right})
+    """Which codes need their factor history fetched, and why; the others are verified."""
+
+    known: dict[str, dt.date | None]  # sync_state date per code
+    unknown: list[str]  # never fetched, or a gap since
+    ex_right: list[str]  # their bars show an ex-right since
+    verified: list[str]  # follow on from their state without an ex-right: no request
+
+    @property
+    def fetch(self) -> list[str]:
+        return sorted({*self.unknown, *self.ex_right})
+
+    def metadata(self, codes: int, requests: int) -> dict[str, Any]:
+        return {
+            "codes_in_window": codes,
+            "codes_verified_without_request": len(self.verified),
+            "codes_fetched_first_time_or_after_gap": len(self.unknown),
+            "codes_fetched_for_ex_right": len(self.ex_right),
+            "requests_per_code": round(requests / max(1, codes), 4),
+        }
 
 
 async def _plan_factor_fetch(job: RawJob, universe: list[str]) -> _FactorPlan:
     window = job.window_required
     known = await store.read_sync_dates(job.wh, job.name, universe)
     day_before = job.calendar.previous_session(window.start) or window.start
-    done = {c for c in universe if known.get(c) is not None and known[c] >= window.end}
-    follows = [
-        c for c in universe if c not in done and known.get(c) is not None and known[c] >= day_before
-    ]
+
+    def state(code: str) -> dt.date | None:
+        return known.get(code)
+
+    done = {c for c in universe if (state(c) or dt.date.min) >= window.end}
+    follows = [c for c in universe if c not in done and (state(c) or dt.date.min) >= day_before]
     unknown = [c for c in universe if c not in done and c not in set(follows)]
     if not follows:
-        return _FactorPlan(unknown, [], [])
+        return _FactorPlan(known, unknown, [], [])
     bars = await job.read_frame(
         "raw_k_daily",
         "SELECT code, trade_date, pre_close, close FROM raw_k_daily "
@@ -382,4 +410,52 @@ async def _plan_factor_fetch(job: RawJob, universe: list[str]) -> _FactorPlan:
     changed = ex_right_codes(bars, last_close)
     ex_right = sorted(c for c in follows if c in changed)
     verified = sorted(c for c in follows if c not in changed)
-    return _FactorPlan(unknown, ex_right, verified)
+    return _FactorPlan(known, unknown, ex_right, verified)
+
+
+def _ex_rights_without_a_factor(plan: _FactorPlan, frame: pd.DataFrame) -> dict[str, str]:
+    """Codes fetched for an ex-right whose history has no factor after their state: BaoStock has
+    not published it yet. They stay unverified (fetched again next run) instead of keeping
+    their old factor for good."""
+    if not plan.ex_right:
+        return {}
+    newest = frame.groupby("code")["divid_operate_date"].max() if len(frame) else pd.Series()
+    missing = {}
+    for code in plan.ex_right:
+        latest = newest.get(code)
+        since = plan.known.get(code)
+        if latest is None or pd.isna(latest) or (since and latest.date() <= since):
+            missing[code] = (
+                f"bars show an ex-right after {since}, but BaoStock has no factor for it yet"
+            )
+    return missing
+
+
+async def _corrections(
+    job: RawJob, plan: _FactorPlan, frame: pd.DataFrame, fetched: list[str]
+) -> dict[str, dt.date]:
+    """Earliest date per code whose stored factors (up to the code's state) BaoStock now
+    serves differently: the stock_daily days from there on carry an old factor."""
+    verified = [c for c in fetched if plan.known.get(c) is not None]
+    if not verified:
+        return {}
+    stored = await job.read_frame(
+        "raw_adjust_factor",
+        "SELECT code, divid_operate_date, back_adjust_factor FROM raw_adjust_factor "
+        "WHERE code = ANY($1::text[])",
+        verified,
+    )
+    served = frame.loc[frame["code"].isin(verified), list(stored.columns)]
+    return factor_corrections(stored, served, {c: plan.known[c] for c in verified})
+
+
+def _report_corrections(job: RawJob, corrections: dict[str, dt.date]) -> None:
+    if not corrections:
+        return
+    earliest = min(corrections.values())
+    job.report.extra["factor_corrections"] = {c: str(d) for c, d in sorted(corrections.items())}
+    job.log.warning(
+        f"[{job.name}] BaoStock changed past factors of {len(corrections)} codes (earliest "
+        f"{earliest}, e.g. {', '.join(sorted(corrections)[:5])}): rematerialize stock_daily "
+        f"from {earliest} to carry them"
+    )
