@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import os
 import signal
 import subprocess
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from common import emit
 
 from stock_pipeline.baostock.fetch import fetch_daily_bars
 from stock_pipeline.baostock.pool import BaostockPool, PoolConfig
@@ -46,10 +46,6 @@ SELECTION = "group:p0 or group:etl"
 RAW_ASSETS = ("raw_trade_dates", "raw_stock_basic", "raw_all_stock", "raw_k_daily",
               "raw_adjust_factor")  # fmt: skip
 ETL_ASSETS = ("stocks", "trade_calendar", "stock_daily")
-
-
-def emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record, ensure_ascii=False, default=str), flush=True)
 
 
 class TreeMemory:

@@ -27,25 +27,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import io
-import json
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import numpy as np
 import pandas as pd
+from common import emit, scratch_database, server_url
 from sqlalchemy import create_engine
 
 from stock_pipeline.settings import Settings
 from stock_pipeline.warehouse import writer
 from stock_pipeline.warehouse.reader import frame_dtypes, read_frame
 from stock_pipeline.warehouse.tables import RAW_TABLES, metadata
-from stock_pipeline.warehouse.urls import asyncpg_dsn, display_url, sqlalchemy_url
+from stock_pipeline.warehouse.urls import display_url, sqlalchemy_url
 
 CODES = 5_000
 raw_k_daily = RAW_TABLES["raw_k_daily"]
@@ -59,10 +57,6 @@ QUERY = (
 VARIABLE_QUERY = QUERY.replace(
     "code,", "code || repeat('x', extract(day FROM trade_date)::int % 3) AS code,", 1
 ).replace("ORDER BY code", "ORDER BY raw_k_daily.code")
-
-
-def emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record, ensure_ascii=False), flush=True)
 
 
 def k_daily_frame(n: int, seed: int = 3) -> pd.DataFrame:
@@ -166,20 +160,6 @@ async def timed(work: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
     return time.perf_counter() - began, result
 
 
-@contextlib.asynccontextmanager
-async def scratch_database(server_url: str) -> AsyncIterator[str]:
-    name = f"read_path_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(asyncpg_dsn(server_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield asyncpg_dsn(server_url, database=name)
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 async def run_benchmark(url: str, rows: int, repeat: int, settings: Settings) -> dict[str, Any]:
     engine = create_engine(sqlalchemy_url(url, "psycopg2"))
     try:
@@ -248,19 +228,6 @@ async def run_benchmark(url: str, rows: int, repeat: int, settings: Settings) ->
     }
 
 
-def server_url(given: str | None, settings: Settings) -> tuple[str, Callable[[], None]]:
-    """The server to use and how to let it go afterwards."""
-    url = given or settings.database_url
-    if url:
-        return url, lambda: None
-    from stock_pipeline.embedded.postgres import EmbeddedPostgres
-
-    server = EmbeddedPostgres(settings.home / "postgres")
-    was_running = server.is_running()
-    server.start()
-    return server.url(), (lambda: None) if was_running else server.stop
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -273,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
 
         async def go() -> dict[str, Any]:
-            async with scratch_database(url) as scratch:
+            async with scratch_database(url, "read_path") as scratch:
                 return await run_benchmark(scratch, args.rows, max(1, args.repeat), settings)
 
         emit(asyncio.run(go()))

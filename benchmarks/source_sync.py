@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import io
-import json
 import logging
 import os
 import statistics
@@ -39,6 +38,8 @@ import tempfile
 import time
 from typing import Any
 
+from common import emit
+
 from stock_pipeline.baostock.apis import INDEX_CODES, K_DAILY_FIELDS
 from stock_pipeline.baostock.endpoint import point_client_at
 from stock_pipeline.baostock.fetch import FetchResult, fetch_daily_bars, fetch_table
@@ -46,10 +47,6 @@ from stock_pipeline.baostock.pool import BaostockPool, PoolConfig
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorProcess
 
 LOGGER = "stock_pipeline"
-
-
-def emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record, ensure_ascii=False), flush=True)
 
 
 def pool_config(endpoint: tuple[str, int], concurrency: int, qps: float) -> PoolConfig:

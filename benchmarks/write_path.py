@@ -49,16 +49,15 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
 import numpy as np
 import pandas as pd
+from common import emit, scratch_database, server_url
 from sqlalchemy import MetaData, Table, create_engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -73,14 +72,10 @@ from stock_pipeline.warehouse.tables import (
     stock_daily,
     technical_daily,
 )
-from stock_pipeline.warehouse.urls import asyncpg_dsn, display_url, sqlalchemy_url
+from stock_pipeline.warehouse.urls import display_url, sqlalchemy_url
 
 PARAMETER_CAP = 32_767  # asyncpg's limit on bind parameters per statement
 CODES = 5_000
-
-
-def emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record, ensure_ascii=False), flush=True)
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -324,20 +319,6 @@ def report(method: str, rows: int, seconds: float, **extra: Any) -> dict[str, An
     return record
 
 
-@contextlib.asynccontextmanager
-async def scratch_database(server_url: str) -> AsyncIterator[str]:
-    name = f"write_path_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(asyncpg_dsn(server_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield asyncpg_dsn(server_url, database=name)
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 def create_tables(url: str) -> tuple[Table, Table]:
     """The warehouse tables used here, plus `bare_daily` and `bare_technical`: the columns of
     stock_daily and technical_daily and nothing else (no key, no index, no partitions)."""
@@ -541,19 +522,6 @@ async def run_benchmark(
     return summary
 
 
-def server_url(given: str | None, settings: Settings) -> tuple[str, Callable[[], None]]:
-    """The server to use and how to let it go afterwards."""
-    url = given or settings.database_url
-    if url:
-        return url, lambda: None
-    from stock_pipeline.embedded.postgres import EmbeddedPostgres
-
-    server = EmbeddedPostgres(settings.home / "postgres")
-    was_running = server.is_running()
-    server.start()
-    return server.url(), (lambda: None) if was_running else server.stop
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -567,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
 
         async def go() -> dict[str, Any]:
-            async with scratch_database(url) as scratch:
+            async with scratch_database(url, "write_path") as scratch:
                 return await run_benchmark(
                     scratch,
                     args.rows,

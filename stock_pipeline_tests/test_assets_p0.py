@@ -108,8 +108,11 @@ class Pipeline:
             )
 
     def cli(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        env = {**os.environ, **self.env, **(extra_env or {})}
-        env.pop("DAGSTER_HOME", None)
+        # An instance of the test's own (a run killed mid-way leaves nothing in the checkout).
+        dagster_home = self.home / "dagster"
+        dagster_home.mkdir(exist_ok=True)
+        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        env = {**os.environ, **self.env, **(extra_env or {}), "DAGSTER_HOME": str(dagster_home)}
         return subprocess.Popen(
             [sys.executable, "-m", "dagster", "asset", "materialize", "-m",
              "stock_pipeline.definitions", *args],

@@ -6,6 +6,7 @@ Imported when an asset runs, not when definitions load (pandas, the writer).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -23,37 +24,46 @@ from stock_pipeline.warehouse.engine import Warehouse
 CODES_PER_BATCH = 200
 
 
-async def build_stocks(warehouse: WarehouseResource) -> dg.MaterializeResult:
-    report = runtime.Report("stocks")
+async def _rebuild(
+    warehouse: WarehouseResource,
+    target: str,
+    source: str,
+    sql: str,
+    transform: Callable[[pd.DataFrame], pd.DataFrame],
+) -> tuple[runtime.Report, pd.DataFrame]:
+    """A whole (unpartitioned) business table from its raw table: read, compute, upsert."""
+    report = runtime.Report(target)
     async with warehouse.open() as wh:
         with report.stages.time("read"):
-            basic = await store.read_frame(
-                wh,
-                "raw_stock_basic",
-                "SELECT code, code_name, ipo_date, out_date, security_type, status "
-                "FROM raw_stock_basic ORDER BY code",
-            )
+            raw = await store.read_frame(wh, source, sql)
         with report.stages.time("transform"):
-            rows = stocks_rows(basic)
+            rows = transform(raw)
         with report.stages.time("write"):
-            report.wrote(await store.upsert(wh, "stocks", rows))
+            report.wrote(await store.upsert(wh, target, rows))
+    return report, rows
+
+
+async def build_stocks(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    report, rows = await _rebuild(
+        warehouse,
+        "stocks",
+        "raw_stock_basic",
+        "SELECT code, code_name, ipo_date, out_date, security_type, status "
+        "FROM raw_stock_basic ORDER BY code",
+        stocks_rows,
+    )
     report.preview = rows
     return report.result()
 
 
 async def build_trade_calendar(warehouse: WarehouseResource) -> dg.MaterializeResult:
-    report = runtime.Report("trade_calendar")
-    async with warehouse.open() as wh:
-        with report.stages.time("read"):
-            days = await store.read_frame(
-                wh,
-                "raw_trade_dates",
-                "SELECT calendar_date, is_trading_day FROM raw_trade_dates ORDER BY calendar_date",
-            )
-        with report.stages.time("transform"):
-            rows = trade_calendar_rows(days)
-        with report.stages.time("write"):
-            report.wrote(await store.upsert(wh, "trade_calendar", rows))
+    report, rows = await _rebuild(
+        warehouse,
+        "trade_calendar",
+        "raw_trade_dates",
+        "SELECT calendar_date, is_trading_day FROM raw_trade_dates ORDER BY calendar_date",
+        trade_calendar_rows,
+    )
     report.preview = rows.tail(runtime.PREVIEW_ROWS)
     return report.result()
 

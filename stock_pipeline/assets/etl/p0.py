@@ -321,17 +321,23 @@ def build_stock_daily_checks(
     return [_window_check(spec, calendar, partitions) for spec in STOCK_DAILY_CHECKS]
 
 
+async def _reconcile(warehouse: WarehouseResource, sql: str, what: str) -> dg.AssetCheckResult:
+    """`sql` counts raw_rows and the business rows matching them: every raw row must match."""
+    async with warehouse.open() as wh:
+        counts = dict(await wh.copy_pool.fetchrow(sql))
+    missing = counts["raw_rows"] - counts["matched"]
+    return _check(missing == 0, counts, f"{missing} {what} missing or different")
+
+
 @dg.asset_check(asset="stocks", blocking=True, description="stocks has a row per raw security.")
 async def stocks_raw_reconciliation_check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    async with warehouse.open() as wh:
-        row = await wh.copy_pool.fetchrow(
-            "SELECT (SELECT count(*) FROM raw_stock_basic) AS raw_rows, "
-            "(SELECT count(*) FROM stocks s JOIN raw_stock_basic r USING (code)) AS matched, "
-            "(SELECT count(*) FROM stocks) AS business_rows"
-        )
-    counts = dict(row)
-    passed = counts["raw_rows"] == counts["matched"]
-    return _check(passed, counts, f"{counts['raw_rows'] - counts['matched']} securities missing")
+    return await _reconcile(
+        warehouse,
+        "SELECT (SELECT count(*) FROM raw_stock_basic) AS raw_rows, "
+        "(SELECT count(*) FROM stocks s JOIN raw_stock_basic r USING (code)) AS matched, "
+        "(SELECT count(*) FROM stocks) AS business_rows",
+        "securities",
+    )
 
 
 @dg.asset_check(
@@ -340,15 +346,13 @@ async def stocks_raw_reconciliation_check(warehouse: WarehouseResource) -> dg.As
 async def trade_calendar_raw_reconciliation_check(
     warehouse: WarehouseResource,
 ) -> dg.AssetCheckResult:
-    async with warehouse.open() as wh:
-        row = await wh.copy_pool.fetchrow(
-            "SELECT (SELECT count(*) FROM raw_trade_dates) AS raw_rows, "
-            "(SELECT count(*) FROM trade_calendar c JOIN raw_trade_dates r "
-            "ON r.calendar_date = c.cal_date AND r.is_trading_day = c.is_open) AS matched"
-        )
-    counts = dict(row)
-    passed = counts["raw_rows"] == counts["matched"]
-    return _check(passed, counts, f"{counts['raw_rows'] - counts['matched']} days differ")
+    return await _reconcile(
+        warehouse,
+        "SELECT (SELECT count(*) FROM raw_trade_dates) AS raw_rows, "
+        "(SELECT count(*) FROM trade_calendar c JOIN raw_trade_dates r "
+        "ON r.calendar_date = c.cal_date AND r.is_trading_day = c.is_open) AS matched",
+        "days",
+    )
 
 
 def etl_assets(
