@@ -280,3 +280,13 @@ def test_redis_serves_what_the_hot_cache_needs(redis_url: str):
         assert sum(1 for _ in client.scan_iter(match="test:tech:*", count=1000)) == len(keys)
     finally:
         client.delete(*keys)
+
+
+def test_a_damaged_port_file_is_replaced_by_a_chosen_port(tmp_path: Path) -> None:
+    from stock_pipeline.embedded._service import ServiceDir
+
+    service = ServiceDir(tmp_path / "redis", default_port=56379)
+    (tmp_path / "redis" / "port").write_text("abc\n")
+    port = service.port
+    assert 0 < port < 65536
+    assert (tmp_path / "redis" / "port").read_text().strip() == str(port)

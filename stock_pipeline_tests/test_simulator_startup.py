@@ -88,3 +88,17 @@ def test_server_fails_before_prewarming(taken_port: int) -> None:
     assert time.monotonic() - started < 5
     with pytest.raises(SimulatorStartError, match="cannot be resolved"):
         SimulatorServer(SMALL, host=BOGUS_HOST).start()
+
+
+def test_a_port_out_of_range_is_one_line_and_exit_2() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "stock_pipeline.cli", "simulator", "--port", "99999"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "99999 is not a port" in done.stderr and "Traceback" not in done.stderr

@@ -66,9 +66,13 @@ class ServiceDir:
 
     @property
     def port(self) -> int:
-        if self._port_file.exists():
-            return int(self._port_file.read_text().strip())
-        return self.choose_port()
+        try:
+            saved = self._port_file.read_text().strip()
+        except FileNotFoundError:
+            return self.choose_port()
+        if saved.isdigit() and 0 < int(saved) < 65536:
+            return int(saved)
+        return self.choose_port()  # a damaged port file: choose again (and save it)
 
     def choose_port(self, avoid: int | None = None) -> int:
         preferred = self._default_port if avoid != self._default_port else 0

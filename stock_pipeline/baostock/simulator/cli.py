@@ -15,6 +15,17 @@ from .server import FAULT_KINDS, SimulatorConfig, SimulatorServer, SimulatorStar
 log = logging.getLogger("stock_pipeline.simulator")
 
 
+def _port(text: str) -> int:
+    """A TCP port for argparse: a readable error instead of bind()'s traceback."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: use 0-65535 (0 picks one)")
+    return port
+
+
 def register(subparsers: Any) -> None:
     """Add the `simulator` subcommand to an argparse subparsers object."""
     parser = subparsers.add_parser(
@@ -26,7 +37,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=10030, help="0 picks a free port")
+    parser.add_argument("--port", type=_port, default=10030, help="0 picks a free port")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--n-codes", type=int, default=5000, help="stocks in the universe")
     parser.add_argument("--start", type=date.fromisoformat, default=SimulatorConfig.start)
