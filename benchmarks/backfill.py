@@ -185,29 +185,23 @@ def latency_stage(
 ) -> dict[str, Any]:
     """The same market served with 50 ms added to every request."""
     config = replace(market, latency_ms=50)
+    bound = 8 / 0.050
     out: dict[str, Any] = {}
     with SimulatorProcess(config) as sim:
         endpoint = (sim.host, sim.port)
-        bound = 8 / 0.050
-        daily = asyncio.run(fetch_alone(endpoint, codes, day, day, 8))
-        rate = daily["requests"] / daily["seconds"]
-        out["daily"] = {
-            "codes": len(codes),
-            **daily,
-            "requests_per_s": round(rate, 1),
-            "bound_ratio": round(rate / bound, 3),
-        }
-        emit({"stage": "fetch_c8_50ms_one_day", **out["daily"]})
-        subset = codes[:sample]
-        ranged = asyncio.run(fetch_alone(endpoint, subset, *backfill, 8))
-        rate = ranged["requests"] / ranged["seconds"]
-        out["range"] = {
-            "codes": len(subset),
-            **ranged,
-            "requests_per_s": round(rate, 1),
-            "bound_ratio": round(rate / bound, 3),
-        }
-        emit({"stage": "fetch_c8_50ms_backfill_range", **out["range"]})
+        for key, stage, subset, (start, end) in (
+            ("daily", "fetch_c8_50ms_one_day", codes, (day, day)),
+            ("range", "fetch_c8_50ms_backfill_range", codes[:sample], backfill),
+        ):
+            measured = asyncio.run(fetch_alone(endpoint, subset, start, end, 8))
+            rate = measured["requests"] / measured["seconds"]
+            out[key] = {
+                "codes": len(subset),
+                **measured,
+                "requests_per_s": round(rate, 1),
+                "bound_ratio": round(rate / bound, 3),
+            }
+            emit({"stage": stage, **out[key]})
     return out
 
 

@@ -264,7 +264,10 @@ def merge(bundled: BundledCalendar, stored: StoredCalendar | None) -> TradingCal
     """The bundled calendar, extended by the stored one past the bundled end."""
     if stored is None or stored.last_day <= bundled.last_day:
         return TradingCalendar(
-            bundled.sessions, bundled.last_day, bundled.last_day, stored and stored.last_day
+            bundled.sessions,
+            bundled.last_day,
+            bundled.last_day,
+            stored.last_day if stored else None,
         )
     gap_from = bundled.last_day + dt.timedelta(days=1)
     if stored.first_day > gap_from:

@@ -171,7 +171,7 @@ class Report:
     rows_written: dict[str, int] = field(default_factory=dict)
     requested: int | None = None  # keys (codes, days) asked of BaoStock
     failures: dict[str, str] = field(default_factory=dict)
-    server_requests: int | None = None
+    server_requests: int | None = None  # every message the asset sent BaoStock (pool stats)
     stages: Stages = field(default_factory=Stages)
     preview: pd.DataFrame | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -59,9 +59,9 @@ async def bulk_load_if_large(
         name,
     )
     large = window.days >= wh.settings.bulk_load_min_days and expected_rows >= stored
-    # Indexes an interrupted bulk load dropped come back first, whatever this write's size.
-    await indexes.repair_indexes(wh.copy_pool)
     if not large:
+        # Indexes an interrupted bulk load dropped come back first (bulk_load does it itself).
+        await indexes.repair_indexes(wh.copy_pool)
         yield False
         return
     async with indexes.bulk_load(wh.copy_pool, name):

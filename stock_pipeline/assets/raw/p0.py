@@ -58,7 +58,7 @@ async def sync_trade_dates(job: RawJob) -> runtime.Report:
             "query_trade_dates", start_date=_iso(start), end_date=_iso(end)
         )
         frame = job.to_frame("query_trade_dates", result)
-    report.requested, report.server_requests = 1, result.server_requests
+    report.requested = 1
     if frame.empty:
         raise SyncError(f"BaoStock returned no trade dates for {start}..{end}")
     frame = _trim_unknown_tail(job, frame)
@@ -116,7 +116,7 @@ async def sync_stock_basic(job: RawJob) -> runtime.Report:
     with report.stages.time("fetch"):
         result = await job.pool.query("query_stock_basic")
         frame = job.to_frame("query_stock_basic", result)
-    report.requested, report.server_requests = 1, result.server_requests
+    report.requested = 1
     if frame.empty:
         raise SyncError("BaoStock returned no securities from query_stock_basic")
     with report.stages.time("write"):
@@ -159,7 +159,7 @@ async def sync_all_stock(job: RawJob) -> runtime.Report:
         )
     # Batches were written while the fetch went on (on_batch): the fetch's own time is the rest.
     report.stages.add("fetch", -report.stages.seconds.get("write", 0.0))
-    report.requested, report.server_requests = result.requested, result.server_requests
+    report.requested = result.requested
     report.failures = result.failures
     if result.rows == 0 and len(result.failures) < result.requested:
         raise SyncError(
@@ -242,7 +242,7 @@ async def sync_k_daily(job: RawJob) -> runtime.Report:
             )
     # Batches were written while the fetch went on (on_batch): the fetch's own time is the rest.
     report.stages.add("fetch", -report.stages.seconds.get("write", 0.0))
-    report.requested, report.server_requests = result.requested, result.server_requests
+    report.requested = result.requested
     report.failures = result.failures
     report.extra["index_management"] = bulk
     report.extra["kline_requests_per_code"] = round(
