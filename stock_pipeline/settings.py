@@ -14,6 +14,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 ENV_PREFIX = "STOCK_PIPELINE_"
+# A cache prefix is matched literally in SCAN patterns: no glob characters, no spaces.
+CACHE_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
+# The cache keeps a replaced version readable for a minute: its keys must live longer than that.
+CACHE_MIN_TTL_S = 120
 
 
 class SettingsError(ValueError):
@@ -82,6 +86,14 @@ class Settings:
     # indexes, load, rebuild) when they would at least double the table.
     bulk_load_min_days: int = 120
 
+    # Redis hot cache (cache/). Keys expire after cache_ttl_s: longer than the longest exchange
+    # holiday (about 9 days at Spring Festival), so a cache refreshed before it outlives it.
+    cache_ttl_s: int = 864_000
+    # Trading days of bars kept per code: what strategies read most.
+    cache_bars: int = 60
+    # Every cache key starts with `{cache_prefix}:`, so several pipelines can share one Redis.
+    cache_prefix: str = "stock_pipeline"
+
     log_level: str = "INFO"
 
     def __repr__(self) -> str:
@@ -144,6 +156,11 @@ class Settings:
             bulk_load_min_days=reader.integer(
                 "BULK_LOAD_MIN_DAYS", defaults.bulk_load_min_days, minimum=1
             ),
+            cache_ttl_s=reader.integer(
+                "CACHE_TTL_S", defaults.cache_ttl_s, minimum=CACHE_MIN_TTL_S
+            ),
+            cache_bars=reader.integer("CACHE_BARS", defaults.cache_bars, minimum=1),
+            cache_prefix=reader.cache_prefix("CACHE_PREFIX", defaults.cache_prefix),
             log_level=reader.choice(
                 "LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
@@ -222,6 +239,15 @@ class _EnvReader:
         if raw.upper() not in choices:
             raise self._fail(name, "one of " + ", ".join(choices), raw)
         return raw.upper()
+
+    def cache_prefix(self, name: str, default: str) -> str:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        if not CACHE_PREFIX_PATTERN.fullmatch(raw):
+            accepted = "1-100 letters, digits, _ . : or - (starting with a letter or digit)"
+            raise self._fail(name, accepted, raw)
+        return raw
 
     def path(self, name: str, default: Path) -> Path:
         raw = self._raw(name)

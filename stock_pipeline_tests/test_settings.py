@@ -17,6 +17,8 @@ def test_defaults_are_conservative():
     assert s.database_url is None and s.redis_url is None and s.baostock_endpoint is None
     assert (s.db_pool_size, s.db_max_overflow, s.copy_chunk_rows) == (10, 20, 50_000)
     assert s.home == (Path.cwd() / ".stock_pipeline").resolve()
+    # The cache outlives the longest exchange holiday (about 9 days at Spring Festival).
+    assert (s.cache_ttl_s, s.cache_bars, s.cache_prefix) == (864_000, 60, "stock_pipeline")
 
 
 def test_values_are_parsed():
@@ -25,10 +27,14 @@ def test_values_are_parsed():
             "STOCK_PIPELINE_BAOSTOCK_ENDPOINT": "127.0.0.1:10030",
             "STOCK_PIPELINE_DB_POOL_SIZE": "3",
             "STOCK_PIPELINE_DATABASE_URL": "postgresql://u:p@h/db",
+            "STOCK_PIPELINE_CACHE_TTL_S": "3600",
+            "STOCK_PIPELINE_CACHE_BARS": "120",
+            "STOCK_PIPELINE_CACHE_PREFIX": "research:sp-2",
         }
     )
     assert s.baostock_endpoint == BaostockEndpoint("127.0.0.1", 10030)
     assert s.db_pool_size == 3
+    assert (s.cache_ttl_s, s.cache_bars, s.cache_prefix) == (3600, 120, "research:sp-2")
 
 
 @pytest.mark.parametrize(
@@ -40,6 +46,14 @@ def test_values_are_parsed():
         ("BAOSTOCK_ENDPOINT", "localhost", "STOCK_PIPELINE_BAOSTOCK_ENDPOINT must be host:port"),
         ("DATABASE_URL", "mysql://u:pw@h/db", "must be a URL starting with postgresql://"),
         ("LOG_LEVEL", "LOUD", "STOCK_PIPELINE_LOG_LEVEL must be one of"),
+        ("CACHE_TTL_S", "ten days", "STOCK_PIPELINE_CACHE_TTL_S must be an integer >= 120"),
+        ("CACHE_TTL_S", "60", "STOCK_PIPELINE_CACHE_TTL_S must be an integer >= 120"),
+        ("CACHE_BARS", "0", "STOCK_PIPELINE_CACHE_BARS must be an integer >= 1"),
+        ("CACHE_BARS", "1.5", "STOCK_PIPELINE_CACHE_BARS must be an integer >= 1"),
+        ("CACHE_PREFIX", "my cache", "STOCK_PIPELINE_CACHE_PREFIX must be 1-100 letters"),
+        ("CACHE_PREFIX", "sp:*", "STOCK_PIPELINE_CACHE_PREFIX must be 1-100 letters"),
+        ("CACHE_PREFIX", ":sp", "STOCK_PIPELINE_CACHE_PREFIX must be 1-100 letters"),
+        ("CACHE_PREFIX", "x" * 101, "STOCK_PIPELINE_CACHE_PREFIX must be 1-100 letters"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str):
