@@ -12,6 +12,7 @@ import os
 import dagster as dg
 
 from stock_pipeline.assets.etl.p0 import etl_assets
+from stock_pipeline.assets.indicators import indicator_assets
 from stock_pipeline.assets.partitions import build_trading_day_partitions
 from stock_pipeline.assets.raw import BAOSTOCK_STEP_TAG, raw_assets
 from stock_pipeline.assets.raw.checks import P0_CHECKS
@@ -50,9 +51,10 @@ def build_definitions(
     calendar = load_calendar(settings.home)
     partitions = build_trading_day_partitions(calendar, settings.start_date)
     etl, etl_checks = etl_assets(calendar, partitions)
+    indicators, indicator_checks = indicator_assets(calendar, partitions)
     return dg.Definitions(
-        assets=[*raw_assets(calendar, partitions), *etl],
-        asset_checks=[*P0_CHECKS, *etl_checks],
+        assets=[*raw_assets(calendar, partitions), *etl, *indicators],
+        asset_checks=[*P0_CHECKS, *etl_checks, *indicator_checks],
         resources=resources if resources is not None else default_resources(),
         executor=EXECUTOR,
     )

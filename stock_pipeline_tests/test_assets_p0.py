@@ -10,16 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import psycopg2
 import pytest
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
@@ -28,121 +24,25 @@ from dagster._core.storage.tags import (
 
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorServer
 from stock_pipeline.calendar import load_calendar
-from stock_pipeline.definitions import build_definitions
-from stock_pipeline.settings import Settings
 from stock_pipeline.warehouse import migrate
+from stock_pipeline_tests.pipeline import (
+    DAILY,
+    REFERENCE,
+    Pipeline,
+    check_outcomes,
+    materializations,
+)
 
 D = dt.date
 # Dividend season of the simulator (ex-dates from June on): factors change inside the window.
 START, END = D(2024, 6, 24), D(2024, 7, 19)
 SIM = SimulatorConfig(seed=11, n_codes=60, end=D(2025, 3, 31))
-REFERENCE = ["raw_trade_dates", "raw_stock_basic", "trade_calendar", "stocks"]
-DAILY = ["raw_all_stock", "raw_k_daily", "raw_adjust_factor", "stock_daily"]
-# Tables compared by checksum, without bookkeeping columns (fetched_at, updated_at).
-CHECKSUMMED = {
-    "raw_all_stock": "trade_date, code",
-    "raw_k_daily": "code, trade_date",
-    "raw_adjust_factor": "code, divid_operate_date",
-    "stock_daily": "code, trade_date",
-    "stocks": "code",
-    "trade_calendar": "cal_date",
-}
 
 
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[SimulatorServer]:
     with SimulatorServer(SIM) as sim:
         yield sim
-
-
-def pipeline_env(sim: SimulatorServer, home: Path, dsn: str) -> dict[str, str]:
-    return {
-        "STOCK_PIPELINE_HOME": str(home),
-        "STOCK_PIPELINE_START_DATE": "2024-06-03",
-        "STOCK_PIPELINE_BAOSTOCK_ENDPOINT": sim.endpoint,
-        "STOCK_PIPELINE_DATABASE_URL": dsn,
-        "STOCK_PIPELINE_BAOSTOCK_QPS": "100000",
-        "STOCK_PIPELINE_BAOSTOCK_CONCURRENCY": "4",
-        "STOCK_PIPELINE_BAOSTOCK_REQUEST_TIMEOUT_S": "10",
-        "STOCK_PIPELINE_BAOSTOCK_BACKOFF_BASE_S": "0.05",
-        "STOCK_PIPELINE_BAOSTOCK_BACKOFF_MAX_S": "0.2",
-        "STOCK_PIPELINE_BAOSTOCK_BATCH_SIZE": "25",
-    }
-
-
-class Pipeline:
-    """A warehouse database, a STOCK_PIPELINE_HOME and the definitions built for them."""
-
-    def __init__(self, sim: SimulatorServer, home: Path, dsn: str):
-        self.sim, self.home, self.dsn = sim, home, dsn
-        self.env = pipeline_env(sim, home, dsn)
-
-    def definitions(self) -> dg.Definitions:
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in self.env.items():
-                patch.setenv(name, value)
-            return build_definitions(Settings.from_env())
-
-    def materialize(
-        self, assets: list[str], start: D | None = None, end: D | None = None
-    ) -> dg.ExecuteInProcessResult:
-        """One in-process run of `assets` (a partition range when start is given)."""
-        defs = self.definitions()
-        keys = [dg.AssetKey(a) for a in assets]
-        job = defs.get_repository_def().get_implicit_job_def_for_assets(keys)
-        assert job is not None
-        tags = {}
-        if start is not None:
-            tags = {
-                ASSET_PARTITION_RANGE_START_TAG: start.isoformat(),
-                ASSET_PARTITION_RANGE_END_TAG: (end or start).isoformat(),
-            }
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in self.env.items():
-                patch.setenv(name, value)
-            return job.execute_in_process(
-                instance=dg.DagsterInstance.ephemeral(),
-                asset_selection=keys,
-                tags=tags,
-                raise_on_error=False,
-            )
-
-    def cli(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        # An instance of the test's own (a run killed mid-way leaves nothing in the checkout).
-        dagster_home = self.home / "dagster"
-        dagster_home.mkdir(exist_ok=True)
-        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        env = {**os.environ, **self.env, **(extra_env or {}), "DAGSTER_HOME": str(dagster_home)}
-        return subprocess.Popen(
-            [sys.executable, "-m", "dagster", "asset", "materialize", "-m",
-             "stock_pipeline.definitions", *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )  # fmt: skip
-
-    def query(self, sql: str, *args: Any) -> list[tuple]:
-        """Rows of `sql` (none for a statement that returns none), committed."""
-        with psycopg2.connect(self.dsn) as conn, conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else []
-
-    def checksums(self) -> dict[str, tuple[int, str]]:
-        out = {}
-        for name, order in CHECKSUMMED.items():
-            columns = self.query(
-                "SELECT string_agg(quote_ident(column_name), ', ' ORDER BY ordinal_position) "
-                "FROM information_schema.columns WHERE table_name = %s "
-                "AND column_name NOT IN ('fetched_at', 'updated_at')",
-                name,
-            )[0][0]
-            out[name] = self.query(
-                f"SELECT count(*), md5(coalesce(string_agg(row({columns})::text, '|' "
-                f"ORDER BY {order}), '')) FROM {name}"
-            )[0]
-        return out
 
 
 @pytest.fixture(scope="module")
@@ -165,20 +65,6 @@ def ranged(make_pipeline: Callable[[], Pipeline]) -> Pipeline:
     result = pipeline.materialize(DAILY, START, END)
     assert result.success
     return pipeline
-
-
-def _materializations(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]:
-    out = {}
-    for event in result.get_asset_materialization_events():
-        materialization = event.step_materialization_data.materialization
-        out[materialization.asset_key.to_user_string()] = {
-            k: getattr(v, "value", v) for k, v in materialization.metadata.items()
-        }
-    return out
-
-
-def _checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
-    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
 def test_reference_assets_match_the_simulator(ranged: Pipeline, simulator: SimulatorServer):
@@ -238,14 +124,14 @@ def test_range_run_reports_requests_checks_and_metadata(make_pipeline: Callable[
     pipeline = make_pipeline()
     assert pipeline.materialize(REFERENCE).success
     result = pipeline.materialize(DAILY, START, END)
-    found = _materializations(result)
+    found = materializations(result)
     bars = found["raw_k_daily"]
     assert bars["kline_requests_per_code"] == 1.0  # one k-line request per code, whole range
     assert bars["keys_failed"] == 0 and bars["listed_codes_missing_bars"] == 0
     assert bars["dagster/row_count"] > 0 and "preview" in bars
     assert {"seconds_fetch", "seconds_write", "seconds_wall"} <= set(bars)
     assert found["stock_daily"]["dagster/row_count"] == bars["dagster/row_count"]
-    checks = _checks(result)
+    checks = check_outcomes(result)
     assert checks and all(checks.values()), checks
     assert {
         "stock_daily_coverage_check",
@@ -273,7 +159,7 @@ def test_range_equals_the_days_run_one_by_one(
     for day in load_calendar(daily.home).sessions_between(START, END):
         result = daily.materialize(DAILY, day)
         assert result.success, day
-        factor_requests.append(_materializations(result)["raw_adjust_factor"])
+        factor_requests.append(materializations(result)["raw_adjust_factor"])
     assert daily.checksums() == ranged.checksums()
     # After the first day, factors are asked only for codes listed that day for the first time
     # and codes with an ex-right that day: counted here from the simulator's own factors.
@@ -325,11 +211,11 @@ def test_a_factor_published_after_its_ex_date_is_fetched_again(
         first = pipeline.materialize(DAILY, day)
         hidden["on"] = False
         second = pipeline.materialize(DAILY, day)
-    factors, daily = (_materializations(first)[a] for a in ("raw_adjust_factor", "stock_daily"))
+    factors, daily = (materializations(first)[a] for a in ("raw_adjust_factor", "stock_daily"))
     assert factors["keys_failed"] == 1 and code in factors["failures"]
     assert daily["codes_waiting_for_factors"] == 1 and code in daily["waiting_for_factors"]
-    assert not _checks(first)["stock_daily_coverage_check"]
-    assert all(_checks(second).values())
+    assert not check_outcomes(first)["stock_daily_coverage_check"]
+    assert all(check_outcomes(second).values())
     factor = [f for f in published(code, day, day)][0].back
     assert pipeline.query(
         "SELECT back_adjust_factor FROM stock_daily WHERE code = %s AND trade_date = %s", code, day
@@ -361,7 +247,7 @@ def test_a_listed_code_without_bars_is_reported(
         assert pipeline.materialize(REFERENCE).success
         result = pipeline.materialize(DAILY, days[0], days[-1])
     assert result.success  # the coverage check reports, it does not block
-    bars = _materializations(result)["raw_k_daily"]
+    bars = materializations(result)["raw_k_daily"]
     assert bars["keys_failed"] == 0 and bars["listed_codes_missing_bars"] == len(days)
     assert victim in bars["missing_bars"]
     coverage = {e.check_name: e for e in result.get_asset_check_evaluations()}[
@@ -414,7 +300,7 @@ SQL_CHECKS = (
 )
 
 
-def _run_checks(pipeline: Pipeline, start: D, end: D) -> dict[str, bool]:
+def _runcheck_outcomes(pipeline: Pipeline, start: D, end: D) -> dict[str, bool]:
     """Only stock_daily's SQL checks, over [start, end], as `dagster` runs them."""
     defs = pipeline.definitions()
     partitions = defs.get_assets_def("stock_daily").partitions_def
@@ -444,7 +330,7 @@ def test_sql_checks_fail_on_bad_rows(make_pipeline: Callable[[], Pipeline]):
     assert pipeline.materialize(REFERENCE).success
     days = (START, D(2024, 6, 28))
     assert pipeline.materialize(DAILY, *days).success
-    assert all(_run_checks(pipeline, *days).values())
+    assert all(_runcheck_outcomes(pipeline, *days).values())
     code, day = pipeline.query(
         "SELECT code, trade_date FROM stock_daily WHERE trade_status AND trade_date = %s "
         "ORDER BY code LIMIT 1",
@@ -454,7 +340,7 @@ def test_sql_checks_fail_on_bad_rows(make_pipeline: Callable[[], Pipeline]):
     pipeline.query(
         "UPDATE stock_daily SET high = low - 0.01 WHERE code = %s AND trade_date = %s", code, day
     )
-    assert _run_checks(pipeline, *days) == {
+    assert _runcheck_outcomes(pipeline, *days) == {
         "stock_daily_coverage_check": True,
         "stock_daily_ohlc_sanity_check": False,
         "stock_daily_key_uniqueness_check": True,
@@ -468,12 +354,12 @@ def test_sql_checks_fail_on_bad_rows(make_pipeline: Callable[[], Pipeline]):
         code,
         day,
     )
-    found = _run_checks(pipeline, *days)
+    found = _runcheck_outcomes(pipeline, *days)
     assert not found["stock_daily_key_uniqueness_check"]
     assert not found["stock_daily_raw_reconciliation_check"]
     pipeline.query("DELETE FROM stock_daily WHERE code <> lower(code)")
     pipeline.query("DELETE FROM stock_daily WHERE code = %s AND trade_date = %s", code, day)
-    found = _run_checks(pipeline, *days)
+    found = _runcheck_outcomes(pipeline, *days)
     assert not found["stock_daily_coverage_check"]
     assert not found["stock_daily_raw_reconciliation_check"]
     assert found["stock_daily_ohlc_sanity_check"] and found["stock_daily_key_uniqueness_check"]

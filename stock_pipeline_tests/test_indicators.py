@@ -327,12 +327,6 @@ def test_rsv_is_50_once_the_window_goes_flat():
     assert (k[flat] != 50.0).all()  # still decaying towards 50 from the rally
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compute/indicators.py: CCI14 of a flat window is +-66.67, not 0, when the 14-bar "
-    "mean of TP is inexact in binary (TP - mean and the mean deviation are both the same "
-    "rounding residue)",
-)
 def test_flat_prices_give_cci_zero():
     bars = _flat_bars(10.37, 1.515835)
     out = compute_indicators(bars, bars.iloc[:0], FRESH)
@@ -475,12 +469,6 @@ def test_lookback_longer_than_lookback_bars_is_refused(history: History):
     assert len(compute_indicators(next_day, earlier.tail(LOOKBACK), FRESH)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compute/indicators.py: a range without a single traded bar (e.g. a batch holding "
-    "only suspended codes) raises IndexError in _assemble instead of repeating the previous "
-    "rows",
-)
 def test_a_range_without_traded_bars_repeats_the_previous_rows(history: History):
     rows, full = history.rows, history.full
     # A day-by-day run of one code (the last of a batch, say) on a day it is suspended.

@@ -435,12 +435,30 @@ INDICATOR_COLUMNS: tuple[str, ...] = (
     "high_60",
 )
 
+# The recursive indicators' state after each day (besides the indicators that are their own
+# state): a range continues from the row before it, exactly (compute/indicators.py).
+INDICATOR_STATE_COLUMNS: dict[str, str] = {
+    "traded_bars": "traded bars of the code through this day (warm-up of every indicator)",
+    "ema12": "EMA12 of close_hfq (MACD)",
+    "ema26": "EMA26 of close_hfq (MACD)",
+    **{
+        f"avg_{side}{n}": f"Wilder average {side} of close_hfq's changes (RSI{n})"
+        for n in (6, 12, 24)
+        for side in ("gain", "loss")
+    },
+    "tr_avg14": "Wilder average true range, also during ATR14's warm-up",
+}
+
 technical_daily = Table(
     "technical_daily",
     metadata,
     Column("code", Text, nullable=False),
     Column("trade_date", Date, nullable=False),
     *(Column(name, Double) for name in INDICATOR_COLUMNS),
+    *(
+        Column(name, Integer if name == "traded_bars" else Double, comment=comment)
+        for name, comment in INDICATOR_STATE_COLUMNS.items()
+    ),
     _updated_at(),
     PrimaryKeyConstraint("code", "trade_date"),
     # Screens read one day's indicators for the whole market.

@@ -1,0 +1,175 @@
+"""Read -> compute -> write of technical_daily: the body of the asset in __init__.py.
+
+Per batch of codes: the range's stock_daily rows, the last LOOKBACK traded bars before it (the
+windows' history) and the last technical_daily row before it (the recursions' state), then
+compute/indicators.py, then replace the codes' window. Before anything is written, every code's
+state is checked to continue its stock_daily history: a range on top of a hole would be wrong
+for good, so the run fails and says where to start instead.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from stock_pipeline.assets import runtime, store
+from stock_pipeline.compute.indicators import (
+    INDICATORS,
+    LOOKBACK,
+    STATE_COLUMNS,
+    compute_indicators,
+)
+from stock_pipeline.resources import WarehouseResource
+from stock_pipeline.warehouse.engine import Warehouse
+
+# Codes per read -> compute -> write round: about 600k rows for five years of range.
+CODES_PER_BATCH = 500
+
+CODES_SQL = """
+SELECT DISTINCT code FROM stock_daily WHERE trade_date BETWEEN $1 AND $2 ORDER BY code
+"""
+RANGE_SQL = """
+SELECT code, trade_date, high, low, close, volume, back_adjust_factor FROM stock_daily
+WHERE code = ANY($1::text[]) AND trade_date BETWEEN $2 AND $3
+"""
+LOOKBACK_SQL = f"""
+SELECT b.* FROM unnest($1::text[]) AS c(code) CROSS JOIN LATERAL (
+    SELECT code, trade_date, high, low, close, volume, back_adjust_factor FROM stock_daily
+    WHERE code = c.code AND trade_date < $2 AND close IS NOT NULL
+    ORDER BY trade_date DESC LIMIT {LOOKBACK}
+) b
+"""
+PREVIOUS_SQL = f"""
+SELECT p.* FROM unnest($1::text[]) AS c(code) CROSS JOIN LATERAL (
+    SELECT code, trade_date, {", ".join((*INDICATORS, *STATE_COLUMNS))} FROM technical_daily
+    WHERE code = c.code AND trade_date < $2 ORDER BY trade_date DESC LIMIT 1
+) p
+"""
+# Per code: its last stock_daily day before the range; the technical_daily row before it (day
+# and traded bars counted); the traded bars stock_daily has before it (up to LOOKBACK); and the
+# first stock_daily day after that row (where a hole starts).
+CONTINUITY_SQL = f"""
+SELECT c.code, b.last_bar, t.trade_date AS last_state, t.traded_bars,
+    (SELECT count(*) FROM (SELECT 1 FROM stock_daily WHERE code = c.code AND trade_date < $2
+        AND close IS NOT NULL ORDER BY trade_date DESC LIMIT {LOOKBACK}) x) AS lookback_bars,
+    (SELECT min(trade_date) FROM stock_daily WHERE code = c.code AND trade_date < $2
+        AND trade_date > coalesce(t.trade_date, '-infinity'::date)) AS first_missing,
+    (SELECT min(trade_date) FROM stock_daily WHERE code = c.code) AS first_bar
+FROM unnest($1::text[]) AS c(code)
+LEFT JOIN LATERAL (SELECT max(trade_date) AS last_bar FROM stock_daily
+                   WHERE code = c.code AND trade_date < $2) b ON true
+LEFT JOIN LATERAL (SELECT trade_date, traded_bars FROM technical_daily
+                   WHERE code = c.code AND trade_date < $2 ORDER BY trade_date DESC LIMIT 1) t
+    ON true
+"""
+
+
+def continuity_problem(rows: list, window: runtime.Window) -> str | None:
+    """Why the range cannot continue from the stored state (None: every code can).
+
+    A hole: stock_daily has days before the range that technical_daily has not reached. A
+    changed history: the state counted other traded days than stock_daily holds now (days added
+    or rebuilt after the indicators were computed)."""
+    holes = [r for r in rows if r["last_bar"] is not None and r["last_state"] != r["last_bar"]]
+    changed = [
+        r
+        for r in rows
+        if r["last_bar"] is not None
+        and r["last_state"] == r["last_bar"]
+        and r["lookback_bars"] != min(r["traded_bars"] or 0, LOOKBACK)
+    ]
+    problems = []
+    if holes:
+        start = min(r["first_missing"] for r in holes)
+        problems.append(
+            f"{len(holes)} codes have stock_daily days before {window.start} without "
+            f"technical_daily rows (from {start}, e.g. {_examples(holes)}): the recursive "
+            f"indicators continue from the day before a range, so materialize technical_daily "
+            f"from {start} first, or start this range there"
+        )
+    if changed:
+        start = min(r["first_bar"] for r in changed)
+        problems.append(
+            f"the stock_daily history of {len(changed)} codes (e.g. {_examples(changed)}) "
+            "changed after their indicators were computed (other traded days before the range "
+            f"than the stored state counted): materialize technical_daily again from {start}"
+        )
+    if not problems:
+        return None
+    return f"technical_daily {window}: " + "; ".join(problems) + ". Nothing was written."
+
+
+def _examples(rows: list) -> str:
+    return ", ".join(sorted(r["code"] for r in rows)[:5])
+
+
+async def build_technical_daily(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, window: runtime.Window
+) -> dg.MaterializeResult:
+    report = runtime.Report("technical_daily", window)
+    async with warehouse.open() as wh:
+        codes = [r["code"] for r in await wh.copy_pool.fetch(CODES_SQL, window.start, window.end)]
+        with report.stages.time("read"):
+            continuity = await wh.copy_pool.fetch(CONTINUITY_SQL, codes, window.start)
+        problem = continuity_problem(continuity, window)
+        if problem:
+            raise dg.Failure(description=problem, allow_retries=False)
+        expected = await wh.copy_pool.fetchval(
+            "SELECT count(*) FROM stock_daily WHERE trade_date BETWEEN $1 AND $2",
+            window.start,
+            window.end,
+        )
+        async with store.bulk_load_if_large(wh, "technical_daily", window, expected) as bulk:
+            for number, start in enumerate(range(0, len(codes), CODES_PER_BATCH), 1):
+                batch = codes[start : start + CODES_PER_BATCH]
+                await _compute_batch(wh, window, batch, report)
+                context.log.debug(
+                    f"[indicators.technical_daily] batch {number}: {len(batch)} codes, "
+                    f"{report.stages.wall_s:.1f}s"
+                )
+        dropped = await _drop_codes_without_bars(wh, window, codes)
+    rows = report.rows_written.get("technical_daily", 0)
+    compute_s = report.stages.seconds.get("compute", 0.0)
+    report.extra.update(
+        {
+            "codes": len(codes),
+            "bars_per_second_compute": round(rows / compute_s) if compute_s else None,
+            "rows_deleted_of_codes_without_bars": dropped,
+            "index_management": bulk,
+        }
+    )
+    context.log.info(
+        f"[indicators.technical_daily] {window}: {rows} rows of {len(codes)} codes, "
+        f"{report.stages.wall_s:.1f}s"
+    )
+    return report.result()
+
+
+async def _compute_batch(
+    wh: Warehouse, window: runtime.Window, codes: list[str], report: runtime.Report
+) -> None:
+    with report.stages.time("read"):
+        bars = await store.read_frame(wh, "stock_daily", RANGE_SQL, codes, window.start, window.end)
+        lookback = await store.read_frame(wh, "stock_daily", LOOKBACK_SQL, codes, window.start)
+        previous = await store.read_frame(wh, "technical_daily", PREVIOUS_SQL, codes, window.start)
+    with report.stages.time("compute"):
+        rows = compute_indicators(bars, lookback, previous)
+    with report.stages.time("write"):
+        report.wrote(
+            await store.replace_window(
+                wh, "technical_daily", rows, start=window.start, end=window.end, codes=codes
+            )
+        )
+    if report.preview is None:
+        report.preview = rows.loc[rows["traded_bars"] > 0].head(runtime.PREVIEW_ROWS)
+
+
+async def _drop_codes_without_bars(wh: Warehouse, window: runtime.Window, codes: list[str]) -> int:
+    """technical_daily rows of the window whose code has no stock_daily row there any more."""
+    status = await wh.copy_pool.execute(
+        "DELETE FROM technical_daily WHERE trade_date BETWEEN $1 AND $2 "
+        "AND NOT (code = ANY($3::text[]))",
+        window.start,
+        window.end,
+        codes,
+    )
+    return int(status.split()[-1])

@@ -1,0 +1,108 @@
+"""SQL checks of technical_daily over a run's window (imported by the definitions: light)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+
+from stock_pipeline.assets import runtime
+from stock_pipeline.resources import WarehouseResource
+
+# Per day: stock_daily rows, technical_daily rows, and keys in one but not the other.
+ROWS_SQL = """
+SELECT coalesce(s.trade_date, t.trade_date) AS trade_date,
+       count(s.code) AS stock_daily_rows, count(t.code) AS technical_daily_rows,
+       count(*) FILTER (WHERE t.code IS NULL) AS without_indicators,
+       count(*) FILTER (WHERE s.code IS NULL) AS without_bar,
+       (array_agg(coalesce(s.code, t.code) ORDER BY coalesce(s.code, t.code))
+            FILTER (WHERE s.code IS NULL OR t.code IS NULL))[1:5] AS examples
+FROM (SELECT code, trade_date FROM stock_daily WHERE trade_date BETWEEN $1 AND $2) s
+FULL JOIN (SELECT code, trade_date FROM technical_daily WHERE trade_date BETWEEN $1 AND $2) t
+    USING (code, trade_date)
+GROUP BY 1 ORDER BY 1
+"""
+
+
+def _check(passed: bool, metadata: dict[str, Any], failure: str) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
+        description=None if passed else failure,
+    )
+
+
+async def rows_match_stock_daily(
+    window: runtime.Window, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    async with warehouse.open() as wh:
+        days = await wh.copy_pool.fetch(ROWS_SQL, window.start, window.end)
+    bad = [d for d in days if d["without_indicators"] or d["without_bar"]]
+    metadata: dict[str, Any] = {
+        "days_checked": len(days),
+        "stock_daily_rows": sum(d["stock_daily_rows"] for d in days),
+        "technical_daily_rows": sum(d["technical_daily_rows"] for d in days),
+        "days_with_differences": len(bad),
+    }
+    if bad:
+        metadata["examples"] = [
+            f"{d['trade_date']}: {d['without_indicators']} bars without indicators, "
+            f"{d['without_bar']} indicator rows without a bar, e.g. {', '.join(d['examples'])}"
+            for d in bad[:10]
+        ]
+    return _check(not bad, metadata, f"{len(bad)} days where technical_daily != stock_daily")
+
+
+def warm_up_sql() -> str:
+    """Per indicator, the window's rows past its warm-up that lack a value; and rows whose
+    traded_bars does not follow from the previous row's (+1 on a traded day)."""
+    from stock_pipeline.compute.indicators import WARM_UP
+
+    missing = ",\n".join(
+        f"count(*) FILTER (WHERE traded_bars >= {n} AND {name} IS NULL) AS {name}"
+        for name, n in WARM_UP.items()
+    )
+    return f"""
+WITH rows AS (
+    SELECT t.code, t.trade_date, t.traded_bars, s.close IS NOT NULL AS traded,
+        {", ".join(f"t.{name}" for name in WARM_UP)}
+    FROM technical_daily t JOIN stock_daily s USING (code, trade_date)
+    WHERE t.trade_date BETWEEN $1 AND $2
+    UNION ALL
+    -- each code's row before the window, the start of its traded_bars chain
+    SELECT p.code, p.trade_date, p.traded_bars, NULL,
+        {", ".join(f"p.{name}" for name in WARM_UP)}
+    FROM (SELECT DISTINCT code FROM technical_daily WHERE trade_date BETWEEN $1 AND $2) c
+    CROSS JOIN LATERAL (SELECT * FROM technical_daily WHERE code = c.code AND trade_date < $1
+                        ORDER BY trade_date DESC LIMIT 1) p
+), chained AS (
+    SELECT *, lag(traded_bars) OVER (PARTITION BY code ORDER BY trade_date) AS before
+    FROM rows
+)
+SELECT count(*) FILTER (WHERE traded IS NOT NULL) AS rows_checked,
+    count(*) FILTER (WHERE traded IS NOT NULL AND traded_bars IS DISTINCT FROM
+        coalesce(before, 0) + traded::int) AS broken_bar_counts,
+    {missing}
+FROM chained WHERE trade_date BETWEEN $1 AND $2
+"""
+
+
+async def warmed_up_values(
+    window: runtime.Window, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    async with warehouse.open() as wh:
+        found = dict(await wh.copy_pool.fetchrow(warm_up_sql(), window.start, window.end))
+    rows, broken = found.pop("rows_checked"), found.pop("broken_bar_counts")
+    missing = {name: n for name, n in found.items() if n}
+    metadata: dict[str, Any] = {
+        "rows_checked": rows,
+        "broken_bar_counts": broken,
+        "values_missing_after_warm_up": dg.MetadataValue.json(missing),
+    }
+    problems = []
+    if missing:
+        problems.append(f"{sum(missing.values())} values missing after warm-up ({missing})")
+    if broken:
+        problems.append(f"{broken} rows whose traded_bars does not follow the previous row's")
+    return _check(not problems, metadata, "; ".join(problems))
