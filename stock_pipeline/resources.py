@@ -1,4 +1,5 @@
-"""Dagster resources: the BaoStock session pool and the warehouse (pools + COPY writer).
+"""Dagster resources: the BaoStock session pool, the warehouse (pools + COPY writer) and the
+Redis cache.
 
 These are the one place the asset layer reads configuration: each resource starts from the
 STOCK_PIPELINE_* settings, applies the fields set on it (definitions, the launchpad), and hands
@@ -9,6 +10,7 @@ environment. Secrets (the BaoStock password, database and Redis URLs) are set th
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
-from stock_pipeline.settings import BaostockEndpoint, Settings
+from stock_pipeline.settings import CACHE_PREFIX_PATTERN, BaostockEndpoint, Settings, SettingsError
 
 if TYPE_CHECKING:  # imported when used: loading the code location stays light
     from stock_pipeline.baostock.pool import BaostockPool
+    from stock_pipeline.cache.connection import CacheConnection
     from stock_pipeline.warehouse.engine import Warehouse
 
 
@@ -81,3 +84,43 @@ class WarehouseResource(dg.ConfigurableResource):
             yield warehouse
         finally:
             await warehouse.close()
+
+
+class CacheResource(dg.ConfigurableResource):
+    """The Redis hot cache (see cache/): which server, and how long and how much it keeps."""
+
+    redis_url: str | None = Field(
+        default=None, description="redis:// URL (use an EnvVar); default from settings (embedded)"
+    )
+    ttl_s: int | None = Field(default=None, gt=0, description="seconds every key lives")
+    bars: int | None = Field(default=None, gt=0, description="trading days of bars per code")
+    prefix: str | None = Field(default=None, description="start of every key's name")
+
+    def settings(self) -> Settings:
+        base = Settings.from_env()
+        overrides: dict[str, Any] = {}
+        if self.redis_url:
+            overrides["redis_url"] = self.redis_url
+        if self.ttl_s:
+            overrides["cache_ttl_s"] = self.ttl_s
+        if self.bars:
+            overrides["cache_bars"] = self.bars
+        if self.prefix:
+            if not CACHE_PREFIX_PATTERN.fullmatch(self.prefix):
+                raise SettingsError(
+                    f"CacheResource prefix {self.prefix!r} must be 1-100 letters, digits, "
+                    "_ . : or - (starting with a letter or digit)"
+                )
+            overrides["cache_prefix"] = self.prefix
+        return dataclasses.replace(base, **overrides)
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[CacheConnection]:
+        """A connected client for one asset body (CacheUnreachable if Redis does not answer),
+        closed when the block ends, also on errors and cancellation. Without a URL the
+        embedded Redis under STOCK_PIPELINE_HOME is started (or attached to)."""
+        from stock_pipeline.cache.connection import cache_url, connect
+
+        url = await asyncio.to_thread(cache_url, self.settings())
+        async with connect(url) as connection:
+            yield connection
