@@ -1,6 +1,6 @@
 """Benchmark: the ETL read path, N raw_k_daily rows (18 columns) read into a typed DataFrame.
 
-    uv run python benchmarks/read_path.py [--rows N] [--database-url URL] [--repeat K]
+    uv run python benchmarks/etl_read.py [--rows N] [--database-url URL] [--repeat K]
 
 Every method runs the same query (a trade_date window with bind parameters, in key order) and
 must produce the same DataFrame, dtypes from tables.py (reader.frame_dtypes); each is checked
@@ -171,7 +171,7 @@ async def run_benchmark(url: str, rows: int, repeat: int, settings: Settings) ->
     end = pd.Timestamp(frame["trade_date"].max()).date()
     async with asyncpg.create_pool(url, min_size=1, max_size=2) as pool:
         version = await pool.fetchval("SHOW server_version")
-        emit({"setup": "read_path", "postgres": version, "rows": rows, "repeat": repeat})
+        emit({"setup": "etl_read", "postgres": version, "rows": rows, "repeat": repeat})
         await writer.replace_window(
             pool,
             raw_k_daily,
@@ -217,7 +217,7 @@ async def run_benchmark(url: str, rows: int, repeat: int, settings: Settings) ->
             )
     d = best["d_read_frame"]
     return {
-        "summary": "read_path",
+        "summary": "etl_read",
         "rows": rows,
         "read_frame_vs_fetch": round(best["a_fetch"] / d, 2),
         "read_frame_vs_csv": round(best["b_csv_read_csv"] / d, 2),
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
 
         async def go() -> dict[str, Any]:
-            async with scratch_database(url, "read_path") as scratch:
+            async with scratch_database(url, "etl_read") as scratch:
                 return await run_benchmark(scratch, args.rows, max(1, args.repeat), settings)
 
         emit(asyncio.run(go()))
