@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
-import psycopg2
 import pytest
 
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorServer
@@ -56,13 +55,14 @@ def make_pipeline(
 
 def technical_frame(pipeline: Pipeline, until: D = LAST) -> pd.DataFrame:
     columns = ["code", "trade_date", *INDICATORS, *STATE_COLUMNS]
-    with psycopg2.connect(pipeline.dsn) as conn:
-        return pd.read_sql(
-            f"SELECT {', '.join(columns)} FROM technical_daily WHERE trade_date <= %(until)s "
-            "ORDER BY code, trade_date",
-            conn,
-            params={"until": until},
-        )
+    rows = pipeline.query(
+        f"SELECT {', '.join(columns)} FROM technical_daily WHERE trade_date <= %s "
+        "ORDER BY code, trade_date",
+        until,
+    )
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["trade_date"] = pd.to_datetime(frame["trade_date"])
+    return frame.astype({name: np.float64 for name in columns[2:]})
 
 
 def assert_same_indicators(a: pd.DataFrame, b: pd.DataFrame, rtol: float = 1e-9) -> None:

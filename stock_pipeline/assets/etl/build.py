@@ -77,12 +77,19 @@ FACTORS_SQL = """
 SELECT code, divid_operate_date, back_adjust_factor FROM raw_adjust_factor
 WHERE code = ANY($1::text[]) AND divid_operate_date <= $2
 """
+# Per code, its last row before the window and its last traded row (they differ when it is
+# suspended across the window's start: the first traded bar after the suspension is then
+# compared with the close before it, as an ex-right during a suspension shows there).
 PREVIOUS_ROWS_SQL = """
 SELECT p.code, p.trade_date, p.pre_close, p.close, p.back_adjust_factor
 FROM unnest($1::text[]) AS c(code)
 CROSS JOIN LATERAL (
-    SELECT code, trade_date, pre_close, close, back_adjust_factor FROM stock_daily
-    WHERE code = c.code AND trade_date < $2 ORDER BY trade_date DESC LIMIT 1
+    (SELECT code, trade_date, pre_close, close, back_adjust_factor FROM stock_daily
+     WHERE code = c.code AND trade_date < $2 ORDER BY trade_date DESC LIMIT 1)
+    UNION
+    (SELECT code, trade_date, pre_close, close, back_adjust_factor FROM stock_daily
+     WHERE code = c.code AND trade_date < $2 AND close IS NOT NULL
+     ORDER BY trade_date DESC LIMIT 1)
 ) p
 """
 
