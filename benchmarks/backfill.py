@@ -1,16 +1,22 @@
-"""Benchmark: the daily core graph through Dagster, from an empty warehouse.
+"""Benchmark: the daily graph through Dagster (P0 raw, ETL, indicators, cache), from an empty
+warehouse.
 
     uv run python benchmarks/backfill.py [--years 5] [--codes 5000] [--skip-latency]
 
-1. backfill: `dagster asset materialize --select 'group:p0 or group:etl' --partition-range`
-   over `--years` years of trading days for every simulator code, into a fresh embedded
-   PostgreSQL, with the simulator in its own process at 0 ms latency (prewarmed: it serves
-   precomputed markets, as a real server would). Measured: wall time of the CLI run, seconds
-   per stage from the run's metadata and step events, peak memory of the run process and all
-   its workers (sum of RSS over the process tree, sampled), BaoStock k-line requests per code;
+1. backfill: `dagster asset materialize --select 'group:p0 or group:etl or group:indicators or
+   group:cache' --partition-range` over `--years` years of trading days for every simulator
+   code, into a fresh embedded PostgreSQL and Redis, with the simulator in its own process at
+   0 ms latency (prewarmed: it serves precomputed markets, as a real server would). Measured:
+   wall time of the CLI run, seconds per stage from the run's metadata and step events (the
+   indicator stage is technical_daily's step: its read, compute and write), peak memory of the
+   run process and all its workers (sum of RSS over the process tree, sampled), BaoStock k-line
+   requests per code;
 2. increment: the next trading day on top, the same way; BaoStock messages per code (queries,
    pages and logins, from the assets' metadata);
-3. fetch stage alone against a simulator with 50 ms latency and 8 sessions: requests/s against
+3. indicator throughput: bars per second of compute/indicators.py over every stored bar (in
+   the asset's code batches) against the original's way, pandas one stock at a time with KDJ
+   in a Python loop (indicator_baseline.py), on a sample of codes;
+4. fetch stage alone against a simulator with 50 ms latency and 8 sessions: requests/s against
    the bound C/L, for the daily increment's requests (one day per code) and for the backfill's
    (the whole range per code, on a subset of codes).
 
@@ -42,10 +48,11 @@ from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorProcess
 from stock_pipeline.calendar import load_calendar
 from stock_pipeline.instance import embedded_storage_url, prepare_instance
 
-SELECTION = "group:p0 or group:etl"
+SELECTION = "group:p0 or group:etl or group:indicators or group:cache"
 RAW_ASSETS = ("raw_trade_dates", "raw_stock_basic", "raw_all_stock", "raw_k_daily",
               "raw_adjust_factor")  # fmt: skip
 ETL_ASSETS = ("stocks", "trade_calendar", "stock_daily")
+INDICATOR_ASSET, CACHE_ASSET = "technical_daily", "redis_cache"
 
 
 class TreeMemory:
@@ -147,10 +154,16 @@ def stage_seconds(report: dict[str, Any]) -> dict[str, float]:
         return sum(metadata.get(a, {}).get(key, 0.0) for a in assets)
 
     checks = sum(s for name, s in steps.items() if name.endswith("_check"))
+    indicators = metadata.get(INDICATOR_ASSET, {})
     return {
         "fetch": round(total(RAW_ASSETS, "seconds_fetch"), 1),
         "raw_write": round(total(RAW_ASSETS, "seconds_write"), 1),
         "etl": round(sum(steps.get(a, 0.0) for a in ETL_ASSETS), 1),
+        "indicators": round(steps.get(INDICATOR_ASSET, 0.0), 1),
+        "indicators_read": round(indicators.get("seconds_read", 0.0), 1),
+        "indicators_compute": round(indicators.get("seconds_compute", 0.0), 1),
+        "indicators_write": round(indicators.get("seconds_write", 0.0), 1),
+        "cache": round(steps.get(CACHE_ASSET, 0.0), 1),
         "checks": round(checks, 1),
     }
 
@@ -214,6 +227,9 @@ def main() -> None:
         "--latency-sample", type=int, default=800, help="codes for the 50 ms range fetch"
     )
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument(
+        "--baseline-codes", type=int, default=200, help="codes for the per-code pandas baseline"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary home")
     args = parser.parse_args()
 
@@ -236,9 +252,11 @@ def main() -> None:
     )
 
     from stock_pipeline.embedded.postgres import EmbeddedPostgres
+    from stock_pipeline.embedded.redis import EmbeddedRedis
     from stock_pipeline.warehouse import migrate
 
     postgres = EmbeddedPostgres(home / "postgres").start()
+    redis = EmbeddedRedis(home / "redis").start()
     config = SimulatorConfig(
         seed=7, n_codes=args.codes, end=increment + dt.timedelta(days=7), prewarm=True
     )
@@ -262,6 +280,7 @@ def main() -> None:
                 "DAGSTER_HOME": str(dagster_home),
                 "STOCK_PIPELINE_HOME": str(home),
                 "STOCK_PIPELINE_DATABASE_URL": url,
+                "STOCK_PIPELINE_REDIS_URL": redis.url(),
                 "STOCK_PIPELINE_BAOSTOCK_ENDPOINT": sim.endpoint,
                 "STOCK_PIPELINE_BAOSTOCK_QPS": "100000",
                 "STOCK_PIPELINE_START_DATE": first.isoformat(),
@@ -291,7 +310,10 @@ def main() -> None:
             )
             emit({"stage": "increment", **inc})
             universe = sorted(c for c in sim_codes(url))
+            throughput = indicator_throughput(url, args.baseline_codes)
+            emit({"stage": "indicator_throughput", **throughput})
     finally:
+        redis.stop()
         postgres.stop()
     latency = (
         {}
@@ -307,6 +329,11 @@ def main() -> None:
             "wall_s": backfill["wall_s"],
             "stage_s": backfill["stages"],
             "peak_rss_mb": backfill["peak_rss_mb"],
+            "indicators_s": backfill["stages"]["indicators"],
+            "indicator_bars_per_s": throughput["vectorised_bars_per_s"],
+            "indicator_per_code_loop_bars_per_s": throughput["per_code_loop_bars_per_s"],
+            "indicator_speedup": throughput["speedup"],
+            "cache_s": backfill["stages"]["cache"],
             "kline_requests_per_code": backfill["kline_requests_per_code"],
             "increment_wall_s": inc["wall_s"],
             "increment_requests_per_code": inc["requests_per_code"],
@@ -318,6 +345,29 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(home, ignore_errors=True)
+
+
+def indicator_throughput(url: str, baseline_codes: int) -> dict[str, Any]:
+    """compute/indicators.py against the per-code pandas loop, on the stored bars."""
+    from indicator_baseline import throughput
+
+    from stock_pipeline.assets.indicators.build import RANGE_SQL
+    from stock_pipeline.warehouse.reader import read_frame
+
+    async def read() -> Any:
+        import asyncpg
+
+        connection = await asyncpg.connect(url)
+        try:
+            codes = [r["code"] for r in await connection.fetch(
+                "SELECT DISTINCT code FROM stock_daily")]  # fmt: skip
+            return await read_frame(
+                connection, "stock_daily", RANGE_SQL, codes, dt.date.min, dt.date.max
+            )
+        finally:
+            await connection.close()
+
+    return throughput(asyncio.run(read()), baseline_codes)
 
 
 def sim_codes(url: str) -> list[str]:

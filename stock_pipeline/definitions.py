@@ -11,6 +11,7 @@ import os
 
 import dagster as dg
 
+from stock_pipeline.assets.cache import cache_assets
 from stock_pipeline.assets.etl.p0 import etl_assets
 from stock_pipeline.assets.indicators import indicator_assets
 from stock_pipeline.assets.partitions import build_trading_day_partitions
@@ -18,7 +19,7 @@ from stock_pipeline.assets.raw import BAOSTOCK_STEP_TAG, raw_assets
 from stock_pipeline.assets.raw.checks import P0_CHECKS
 from stock_pipeline.calendar import load_calendar
 from stock_pipeline.instance import apply_event_settings
-from stock_pipeline.resources import BaostockResource, WarehouseResource
+from stock_pipeline.resources import BaostockResource, CacheResource, WarehouseResource
 from stock_pipeline.settings import Settings
 
 # Steps run in processes forked from a server that has the project imported (about a second
@@ -41,6 +42,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "baostock": BaostockResource(password=_secret("STOCK_PIPELINE_BAOSTOCK_PASSWORD")),
         "warehouse": WarehouseResource(database_url=_secret("STOCK_PIPELINE_DATABASE_URL")),
+        "cache": CacheResource(redis_url=_secret("STOCK_PIPELINE_REDIS_URL")),
     }
 
 
@@ -52,9 +54,10 @@ def build_definitions(
     partitions = build_trading_day_partitions(calendar, settings.start_date)
     etl, etl_checks = etl_assets(calendar, partitions)
     indicators, indicator_checks = indicator_assets(calendar, partitions)
+    cache, cache_checks = cache_assets(calendar, partitions)
     return dg.Definitions(
-        assets=[*raw_assets(calendar, partitions), *etl, *indicators],
-        asset_checks=[*P0_CHECKS, *etl_checks, *indicator_checks],
+        assets=[*raw_assets(calendar, partitions), *etl, *indicators, *cache],
+        asset_checks=[*P0_CHECKS, *etl_checks, *indicator_checks, *cache_checks],
         resources=resources if resources is not None else default_resources(),
         executor=EXECUTOR,
     )

@@ -6,14 +6,22 @@ its refusal to continue from a hole. Real PostgreSQL, the real baostock client, 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import baostock
 import numpy as np
 import pandas as pd
 import pytest
 
+from stock_pipeline.baostock.endpoint import point_client_at
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorServer
 from stock_pipeline.compute.indicators import INDICATORS, STATE_COLUMNS, WARM_UP
+from stock_pipeline.embedded.redis import EmbeddedRedis
+from stock_pipeline.read import MarketReader
+from stock_pipeline.settings import Settings
 from stock_pipeline.warehouse import migrate
 from stock_pipeline_tests.pipeline import (
     DAILY,
@@ -28,7 +36,7 @@ D = dt.date
 FIRST, SPLIT, LAST = D(2023, 1, 3), D(2024, 6, 28), D(2024, 7, 19)
 ONE_BY_ONE = (D(2024, 7, 1), D(2024, 7, 2), D(2024, 7, 3))
 SIM = SimulatorConfig(seed=5, n_codes=40, end=D(2024, 12, 31))
-GRAPH = [*DAILY, "technical_daily"]
+GRAPH = [*DAILY, "technical_daily", "redis_cache"]
 TECHNICAL_CHECKS = {"technical_daily_rows_check", "technical_daily_warm_up_check"}
 
 
@@ -40,17 +48,31 @@ def simulator() -> Iterator[SimulatorServer]:
 
 @pytest.fixture(scope="module")
 def make_pipeline(
-    simulator: SimulatorServer, make_database: Callable[[], str], tmp_path_factory
-) -> Callable[[], Pipeline]:
-    def make() -> Pipeline:
+    simulator: SimulatorServer, make_database: Callable[[], str], redis_url: str, tmp_path_factory
+) -> Callable[..., Pipeline]:
+    def make(redis: str = redis_url) -> Pipeline:
         dsn = make_database()
         migrate.upgrade(dsn)
         home = tmp_path_factory.mktemp("home")
-        pipeline = Pipeline(simulator, home, dsn, STOCK_PIPELINE_START_DATE=FIRST.isoformat())
+        pipeline = Pipeline(
+            simulator,
+            home,
+            dsn,
+            STOCK_PIPELINE_START_DATE=FIRST.isoformat(),
+            STOCK_PIPELINE_REDIS_URL=redis,
+            STOCK_PIPELINE_CACHE_PREFIX=f"test_{uuid.uuid4().hex[:8]}",  # its own keys
+        )
         assert pipeline.materialize(REFERENCE).success
         return pipeline
 
     return make
+
+
+def reader_of(pipeline: Pipeline, **options: Any) -> MarketReader:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in pipeline.env.items():
+            patch.setenv(name, value)
+        return MarketReader(Settings.from_env(), **options)
 
 
 def technical_frame(pipeline: Pipeline, until: D = LAST) -> pd.DataFrame:
@@ -86,7 +108,7 @@ def full(make_pipeline: Callable[[], Pipeline]) -> tuple[Pipeline, dict]:
 
 def test_full_range_covers_every_bar_and_passes_its_checks(full: tuple[Pipeline, dict]):
     pipeline, outcome = full
-    assert TECHNICAL_CHECKS <= set(outcome) and all(outcome[c] for c in TECHNICAL_CHECKS)
+    assert set(outcome) >= TECHNICAL_CHECKS and all(outcome[c] for c in TECHNICAL_CHECKS)
     found = outcome["materializations"]["technical_daily"]
     bars = pipeline.query("SELECT count(*) FROM stock_daily")[0][0]
     assert found["dagster/row_count"] == bars > 10_000
@@ -135,3 +157,105 @@ def test_a_range_on_top_of_a_hole_fails_and_writes_nothing(
     assert pipeline.query("SELECT count(*) FROM technical_daily")[0][0] == 0
     # Starting where it says works.
     assert pipeline.materialize(["technical_daily"], FIRST, D(2023, 3, 31)).success
+
+
+def test_cache_holds_the_latest_day_and_serves_the_warehouse_frames(full: tuple[Pipeline, dict]):
+    pipeline, outcome = full
+    assert outcome["redis_cache_version_check"]
+    cache = outcome["materializations"]["redis_cache"]
+    assert cache["cache_day"] == LAST.isoformat() and cache["cache_codes"] > 30
+    codes = [r[0] for r in pipeline.query("SELECT DISTINCT code FROM stock_daily ORDER BY 1")]
+    with reader_of(pipeline) as cached, reader_of(pipeline, use_cache=False) as warehouse:
+        for code in codes:
+            pd.testing.assert_frame_equal(cached.latest(code), warehouse.latest(code))
+            recent = (D(2024, 6, 3), LAST)
+            for adjust in ("none", "hfq", "qfq"):
+                pd.testing.assert_frame_equal(
+                    cached.bars(code, *recent, adjust=adjust),
+                    warehouse.bars(code, *recent, adjust=adjust),
+                )
+        pd.testing.assert_frame_equal(cached.cross_section(), warehouse.cross_section())
+        assert cached.served["redis"] > 0
+
+
+def _source_bars(code: str, adjustflag: str) -> pd.DataFrame:
+    fields = "date,open,high,low,close,preclose"
+    result = baostock.query_history_k_data_plus(
+        code, fields, FIRST.isoformat(), LAST.isoformat(), "d", adjustflag
+    )
+    assert result.error_code == "0", result.error_msg
+    rows = []
+    while result.next():
+        rows.append(result.get_row_data())
+    frame = pd.DataFrame(rows, columns=fields.split(",")).replace("", np.nan)
+    frame.index = pd.to_datetime(frame.pop("date"))
+    return frame.astype(np.float64).rename(columns={"preclose": "pre_close"})
+
+
+def test_adjusted_bars_equal_baostocks_own(full: tuple[Pipeline, dict], simulator: SimulatorServer):
+    """hfq and qfq from stock_daily's factor equal BaoStock's adjusted series (adjustflag 1 and
+    2) within its rounding (4 decimals of price, 6 of the factor)."""
+    pipeline, _ = full
+    market = simulator.market
+    # Codes with ex-rights inside the range and none after it (BaoStock's qfq is relative to
+    # the latest factor it knows; the warehouse knows factors through LAST).
+    codes = [
+        code
+        for (code,) in pipeline.query(
+            "SELECT DISTINCT code FROM raw_adjust_factor WHERE divid_operate_date BETWEEN %s "
+            "AND %s ORDER BY 1",
+            FIRST,
+            LAST,
+        )
+        if not market.adjust_factors(code, LAST + dt.timedelta(days=1), SIM.end)
+    ]
+    assert len(codes) >= 5
+    point_client_at(simulator.host, simulator.port)
+    assert baostock.login().error_code == "0"
+    try:
+        with reader_of(pipeline, use_cache=False) as reader:
+            for code in codes:
+                for adjust, flag in (("hfq", "1"), ("qfq", "2")):
+                    ours = reader.bars(code, FIRST, LAST, adjust=adjust)
+                    theirs = _source_bars(code, flag)
+                    columns = ["open", "high", "low", "close", "pre_close"]
+                    mine = ours.loc[theirs.index, columns].to_numpy(np.float64)
+                    source = theirs[columns].to_numpy(np.float64)
+                    assert np.array_equal(np.isnan(mine), np.isnan(source)), (code, adjust)
+                    np.testing.assert_allclose(mine, source, rtol=1e-6, atol=1.5e-4)
+    finally:
+        baostock.logout()
+
+
+def test_redis_down_fails_only_the_cache_and_reads_fall_back(
+    make_pipeline: Callable[..., Pipeline], tmp_path_factory, caplog: pytest.LogCaptureFixture
+):
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    try:
+        pipeline = make_pipeline(server.url())
+        assert pipeline.materialize(GRAPH, FIRST, D(2023, 2, 28)).success
+        codes = [r[0] for r in pipeline.query("SELECT DISTINCT code FROM stock_daily ORDER BY 1")]
+        with reader_of(pipeline) as reader:
+            before = {code: reader.latest(code) for code in codes}
+            assert reader.served["redis"] == len(codes)
+    finally:
+        server.stop()
+    result = pipeline.materialize(GRAPH, D(2023, 3, 1))
+    assert not result.success
+    done = materializations(result)
+    assert set(done) == {*DAILY, "technical_daily"}  # the warehouse went on
+    failed = {e.step_key: e.step_failure_data.error for e in result.get_step_failure_events()}
+    assert set(failed) == {"redis_cache"}
+    message = failed["redis_cache"].message
+    assert "cannot reach the Redis cache" in message and server.url().split("@")[-1] in message, (
+        message
+    )
+    assert check_outcomes(result)["technical_daily_rows_check"]
+    caplog.set_level(logging.WARNING, logger="stock_pipeline.read")
+    with reader_of(pipeline) as reader, reader_of(pipeline, use_cache=False) as warehouse:
+        for code in codes:
+            pd.testing.assert_frame_equal(reader.latest(code), warehouse.latest(code))
+            assert reader.latest(code).columns.equals(before[code].columns)
+        assert reader.served["redis"] == 0 and reader.served["postgres"] >= len(codes)
+    down = [r for r in caplog.records if r.name == "stock_pipeline.read"]
+    assert len(down) == 1, [r.getMessage() for r in down]
