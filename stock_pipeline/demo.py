@@ -1,4 +1,5 @@
-"""`stock-pipeline demo`: the daily core graph, end to end, on this machine.
+"""`stock-pipeline demo`: the daily graph (raw -> business tables -> indicators -> cache), end to
+end, on this machine, and a read of the result through stock_pipeline.read.
 
 Starts what is missing (a BaoStock simulator, the embedded PostgreSQL and Redis), migrates the
 warehouse, keeps a Dagster instance under STOCK_PIPELINE_HOME/dagster (so `dagster dev` shows
@@ -31,9 +32,23 @@ DEFAULT_CODES = 500
 DEFAULT_MONTHS = 3
 SIMULATOR_QPS = "2000"  # the simulator is local: BaoStock's politeness limit does not apply
 REFERENCE_ASSETS = ("raw_trade_dates", "raw_stock_basic", "trade_calendar", "stocks")
-DAILY_ASSETS = ("raw_all_stock", "raw_k_daily", "raw_adjust_factor", "stock_daily")
-PROGRESS_PREFIXES = ("[p0.", "[etl.")
-TABLES = (*REFERENCE_ASSETS[:2], *DAILY_ASSETS[:3], "trade_calendar", "stocks", "stock_daily")
+DAILY_ASSETS = (
+    "raw_all_stock",
+    "raw_k_daily",
+    "raw_adjust_factor",
+    "stock_daily",
+    "technical_daily",
+    "redis_cache",
+)
+PROGRESS_PREFIXES = ("[p0.", "[etl.", "[indicators.", "[cache.")
+TABLES = (
+    *REFERENCE_ASSETS[:2],
+    *DAILY_ASSETS[:3],
+    "trade_calendar",
+    "stocks",
+    "stock_daily",
+    "technical_daily",
+)
 
 
 class DemoError(Exception):
@@ -43,9 +58,10 @@ class DemoError(Exception):
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="materialize the daily core graph for a range, offline on a simulator",
+        help="materialize the daily graph for a range, offline on a simulator",
         description=(
-            "Run the daily core graph (P0 raw -> business tables, with checks) through Dagster "
+            "Run the daily graph (P0 raw -> business tables -> indicators -> Redis cache, with "
+            "checks) through Dagster "
             "for a range of trading days. By default against a local BaoStock simulator with "
             f"{DEFAULT_CODES} stocks and the last {DEFAULT_MONTHS} months of its calendar."
         ),
@@ -120,6 +136,7 @@ def _demo(args: argparse.Namespace) -> int:
             f"{start}..{end}, {len(sessions)} trading days",
             outcome,
         )
+        _read_example(services.env)
         _summary(services, outcome, time.monotonic() - began, home)
     return 0 if outcome.failed == 0 else 1
 
@@ -168,14 +185,12 @@ def _start_services(settings: Settings, stack: contextlib.ExitStack) -> Services
         services.notes.append(f"warehouse: embedded PostgreSQL at {display_url(url)}")
     env["STOCK_PIPELINE_DATABASE_URL"] = url
     if settings.redis_url:
-        services.notes.append("Redis: configured (the cache comes with the indicators)")
+        services.notes.append(f"Redis cache: {display_url(settings.redis_url)} (configured)")
     else:
         redis = EmbeddedRedis(settings.home / "redis")
         _start_embedded(redis, services, stack)
         env["STOCK_PIPELINE_REDIS_URL"] = redis.url()
-        services.notes.append(
-            f"Redis: embedded at {redis.url()} (ready for the cache that comes with the indicators)"
-        )
+        services.notes.append(f"Redis cache: embedded at {redis.url()}")
     return services
 
 
@@ -356,6 +371,40 @@ def _print_event(entry: Any, outcome: Outcome) -> None:
         else:
             outcome.failed_checks.append(name)
             print(f"    check {name}: FAILED {evaluation.description or ''}")
+
+
+def _read_example(env: dict[str, str]) -> None:
+    """What a strategy sees: a screen on the cached cross-section, one code's latest values and
+    its forward-adjusted bars (the code in the README's "Reading the data")."""
+    import pandas as pd
+
+    from stock_pipeline.read import MarketReader
+
+    with MarketReader(Settings.from_env(env)) as reader:
+        day = reader.cross_section(columns=["close", "pct_chg", "close_hfq", "ma20", "rsi6"])
+        if day.empty:
+            return
+        top = day.sort_values("pct_chg", ascending=False).head(5)
+        code = str(top.index[0])
+        latest = reader.latest(code)
+        week = (latest["trade_date"].iloc[0] - pd.Timedelta(days=7)).date()
+        bars = reader.bars(code, start=week, adjust="qfq")
+        served = reader.served
+    with pd.option_context("display.width", 100, "display.max_columns", 8):
+        print("\nRead it back (stock_pipeline.read; indicators are on back-adjusted prices,")
+        print("compare them with close_hfq):")
+        print("  read.cross_section(columns=[...]): the day's top gainers")
+        print(_indent(top.round(2).to_string()))
+        shown = ["close_hfq", "ma5", "macd_hist", "kdj_k", "boll_upper"]
+        print(f"  read.latest({code!r})[{shown}]")
+        print(_indent(latest[shown].round(3).to_string()))
+        print(f'  read.bars({code!r}, start="{week}", adjust="qfq")')
+        print(_indent(bars[["open", "high", "low", "close", "volume"]].round(3).to_string()))
+    print(f"  (reads served: {served['redis']} by Redis, {served['postgres']} by PostgreSQL)")
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
 
 
 def _summary(services: Services, outcome: Outcome, seconds: float, home: Path) -> None:
