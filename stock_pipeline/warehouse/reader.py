@@ -15,7 +15,7 @@ reads as anyway, any other as a placeholder with its bit set in an int8 mask) an
 come last: market data, whose codes all have 9 bytes, then arrives as rows of one layout, and
 each column is one strided copy. Text of varying length takes a slower path (rows located one
 by one: about twice the time). A subquery with ORDER BY is read in its order, so the rows keep
-the query's. benchmarks/read_path.py compares this with asyncpg's fetch and with CSV into
+the query's. benchmarks/etl_read.py compares this with asyncpg's fetch and with CSV into
 pandas.read_csv.
 """
 
