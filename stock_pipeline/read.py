@@ -50,6 +50,7 @@ from stock_pipeline.cache.frames import (
     CROSS_SECTION,
     INDICATORS,
     LATEST,
+    PACKED_FIELD,
     Adjust,
     bars_frame,
     between,
@@ -287,7 +288,7 @@ class MarketReader:
         blob = client.get(self._keys.bars(version, code))
         if blob is None:
             return None
-        columns = codec.decode(blob)
+        columns = BARS.check(codec.decode(blob))
         days = columns.others["trade_date"]
         first = day_number(low)
         if not len(days) or first < days[0]:
@@ -296,7 +297,11 @@ class MarketReader:
         return bars_frame(between(columns, first, last), adjust, latest_factor(columns))
 
     def _cached_latest(self, client: redis.Redis, version: str, code: str) -> pd.DataFrame | None:
-        fields = client.hgetall(self._keys.latest(version, code))
+        key = self._keys.latest(version, code)
+        packed = client.hget(key, PACKED_FIELD)
+        if packed is not None:
+            return coded_frame(code, LATEST.check(codec.decode(packed)))
+        fields = client.hgetall(key)  # a hash without the packed row: its text fields
         return coded_frame(code, from_hash(fields)) if fields else None
 
     def _cached_cross_section(
@@ -307,7 +312,7 @@ class MarketReader:
         blob = client.get(self._keys.cross_section(version))
         if blob is None:
             return None
-        return _frame(codec.decode(blob), "code", selected)
+        return _frame(CROSS_SECTION.check(codec.decode(blob)), "code", selected)
 
     def _from_cache(self, read: Callable[[redis.Redis, str], T | None]) -> T | None:
         """`read(client, version)` of the current version; None when the cache cannot answer

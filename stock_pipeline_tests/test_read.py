@@ -399,6 +399,47 @@ def test_an_unusable_entry_is_read_from_postgres(
     assert len(warnings) == 1 and "not an encoded frame" in warnings[0].getMessage()
 
 
+def test_a_latest_hash_without_its_packed_row_is_read_from_its_fields(
+    cached: Cached, from_postgres: MarketReader, redis_url: str
+):
+    """Another writer may leave out the packed row: the text fields say the same."""
+    import redis as redis_py
+
+    prefix = fresh_prefix()
+    result = refresh(cached.market.dsn, redis_url, prefix)
+    client = redis_py.Redis.from_url(redis_url)
+    for code in ("sh.600000", "sz.000001"):
+        assert client.hdel(f"{prefix}:{result.version}:latest:{code}", "_frame") == 1
+    client.close()
+    with MarketReader(dataclasses.replace(cached.settings, cache_prefix=prefix)) as reader:
+        for code in ("sh.600000", "sz.000001"):
+            frame, store = served_by(reader, lambda code=code: reader.latest(code))
+            assert store == "redis"
+            pd.testing.assert_frame_equal(frame, from_postgres.latest(code))
+
+
+def test_a_cache_of_other_columns_is_not_served(
+    cached: Cached, from_postgres: MarketReader, redis_url: str, caplog
+):
+    """A version written before a column was added to stock_daily: PostgreSQL answers."""
+    import redis as redis_py
+
+    from stock_pipeline.cache import codec
+
+    prefix = fresh_prefix()
+    result = refresh(cached.market.dsn, redis_url, prefix)
+    client = redis_py.Redis.from_url(redis_url)
+    key = f"{prefix}:{result.version}:bars:sh.600000"
+    older = codec.decode_frame(client.get(key)).drop(columns="pcf_ncf_ttm")
+    client.set(key, codec.encode_frame(older))
+    client.close()
+    with MarketReader(dataclasses.replace(cached.settings, cache_prefix=prefix)) as reader:
+        frame, store = served_by(reader, lambda: reader.bars("sh.600000", FIRST_CACHED))
+    assert store == "postgres"
+    pd.testing.assert_frame_equal(frame, from_postgres.bars("sh.600000", FIRST_CACHED))
+    assert "refresh the cache" in caplog.text
+
+
 # -- threads, the module-level API, lifecycle -------------------------------------------------
 
 

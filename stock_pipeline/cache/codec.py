@@ -109,6 +109,7 @@ class _Header:
     kinds: tuple[Kind, ...]
     widths: tuple[int, ...]
     n_floats: int
+    others: tuple[tuple[str, Kind, int], ...]  # (name, kind, text width) of non-float columns
 
 
 # Parsed headers by their bytes: the cache's blobs share a few, and parsing one costs tens of
@@ -131,9 +132,8 @@ def decode(blob: bytes) -> Columns:
     header = _header(bytes(blob[_HEAD.size : header_size]), count)
     offset = _padded(header_size)
     expected = offset + header.n_floats * rows * 8
-    for kind, width in zip(header.kinds, header.widths, strict=True):
-        if kind != "float":
-            expected += _section_size(kind, rows, width)
+    for _, kind, width in header.others:
+        expected += _section_size(kind, rows, width)
     if len(blob) != expected:
         raise CodecError(
             f"frame of {rows} rows x {count} columns should be {expected} bytes, got {len(blob)}"
@@ -143,9 +143,7 @@ def decode(blob: bytes) -> Columns:
     offset += header.n_floats * rows * 8
     others: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
-    for name, kind, width in zip(header.names, header.kinds, header.widths, strict=True):
-        if kind == "float":
-            continue
+    for name, kind, width in header.others:
         if kind == "date":
             others[name] = np.frombuffer(blob, "<i4", rows, offset)
         elif kind == "int":
@@ -206,7 +204,8 @@ def _parse_header(part: bytes, count: int) -> _Header:
         check_layout(names, kinds)
     except ValueError as exc:
         raise CodecError(f"damaged frame header: {exc}") from None
-    return _Header(tuple(names), tuple(kinds), tuple(widths), kinds.count("float"))
+    others = tuple((n, k, w) for n, k, w in zip(names, kinds, widths, strict=True) if k != "float")
+    return _Header(tuple(names), tuple(kinds), tuple(widths), kinds.count("float"), others)
 
 
 def encode_frame(frame: pd.DataFrame) -> bytes:

@@ -91,10 +91,15 @@ def empty(names: Sequence[str], kinds: Sequence[Kind]) -> Columns:
 
 def check_layout(names: Sequence[str], kinds: Sequence[Kind]) -> None:
     """Raise ValueError for two columns of one name, or a kind that is not one of KINDS."""
+    _check_layout(tuple(names), tuple(kinds))
+
+
+@functools.cache
+def _check_layout(names: tuple[str, ...], kinds: tuple[Kind, ...]) -> None:
     if len(names) != len(kinds):
         raise ValueError(f"{len(names)} column names but {len(kinds)} kinds")
-    twice = sorted({n for n in names if list(names).count(n) > 1})
-    if twice:
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"columns {twice} appear more than once")
     unknown = sorted({k for k in kinds if k not in KINDS})
     if unknown:
@@ -235,60 +240,81 @@ class _Layout:
     float_rows: np.ndarray  # rows of the float block, in frame order
     float_places: np.ndarray  # their frame positions
     all_floats: bool  # the whole block, in its order: copied as it is
-    others: tuple[tuple[str, Kind, int], ...]  # (name, kind, frame position)
+    dates: tuple[str, ...]  # date columns: one datetime64 block together
+    date_places: np.ndarray
+    others: tuple[tuple[str, Kind, np.ndarray], ...]  # (name, kind, [frame position])
 
 
 @functools.lru_cache(maxsize=256)
-def _layout(names: tuple[str, ...], kinds: tuple[Kind, ...], selected: tuple[str, ...]) -> _Layout:
+def _layout(
+    names: tuple[str, ...],
+    kinds: tuple[Kind, ...],
+    selected: tuple[str, ...] | None,
+    index: str | None,
+) -> _Layout:
+    """Where the `selected` columns (None: all but `index`) go; KeyError for an unknown name."""
+    if selected is None:
+        selected = tuple(n for n in names if n != index)
+    missing = [n for n in (*selected, *([index] if index else [])) if n not in names]
+    if missing:
+        raise KeyError(f"no columns {missing}; there are {list(names)}")
     kind_of = dict(zip(names, kinds, strict=True))
     floats = _float_names(names, kinds)
-    float_rows, float_places, others = [], [], []
+    float_rows, float_places, dates, date_places, others = [], [], [], [], []
     for place, name in enumerate(selected):
         if kind_of[name] == "float":
             float_rows.append(floats.index(name))
             float_places.append(place)
+        elif kind_of[name] == "date":
+            dates.append(name)
+            date_places.append(place)
         else:
-            others.append((name, kind_of[name], place))
+            others.append((name, kind_of[name], np.array([place], dtype=np.intp)))
     return _Layout(
         pd.Index(list(selected), dtype=STR_DTYPE),
         np.array(float_rows, dtype=np.intp),
         np.array(float_places, dtype=np.intp),
         float_rows == list(range(len(floats))),
+        tuple(dates),
+        np.array(date_places, dtype=np.intp),
         tuple(others),
     )
 
 
 def to_frame(
-    columns: Columns, *, index: str | None = None, select: Sequence[str] | None = None
+    columns: Columns,
+    *,
+    index: str | pd.Index | None = None,
+    select: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """The columns as a DataFrame: `index` names the column that becomes the index (else a
-    RangeIndex), `select` the columns and their order (default: all others, in order).
+    """The columns as a DataFrame: `index` names the column that becomes the index, or is the
+    index itself (else a RangeIndex); `select` names the columns and their order (default: all
+    others, in order).
 
     Raises KeyError for a name that is not a column. The frame owns its data (nothing is
     shared with the decoded buffer, which is read-only).
     """
-    chosen = tuple(n for n in columns.names if n != index) if select is None else tuple(select)
-    missing = [n for n in (*chosen, *([index] if index else [])) if n not in columns.names]
-    if missing:
-        raise KeyError(f"no columns {missing}; there are {list(columns.names)}")
-    layout = _layout(columns.names, columns.kinds, chosen)
-    kind_of = dict(zip(columns.names, columns.kinds, strict=True))
+    by_name = index if isinstance(index, str) else None
+    chosen = None if select is None else tuple(select)
+    layout = _layout(columns.names, columns.kinds, chosen, by_name)
     blocks: list[tuple[Any, np.ndarray]] = []
     if len(layout.float_rows):
         block = columns.floats.copy() if layout.all_floats else columns.floats[layout.float_rows]
         blocks.append((block, layout.float_places))
+    if layout.dates:  # a NumPy block is 2-D: (columns, rows)
+        block = np.vstack([dates(columns.others[name]) for name in layout.dates])
+        blocks.append((block, layout.date_places))
     for name, kind, place in layout.others:
-        array = pandas_array(columns, name, kind)
-        if kind == "date":
-            array = array.reshape(1, -1)  # a NumPy block is 2-D: (columns, rows)
-        blocks.append((array, np.array([place], dtype=np.intp)))
-    return create_dataframe_from_blocks(blocks, _index(columns, index, kind_of), layout.columns)
+        blocks.append((pandas_array(columns, name, kind), place))
+    if by_name is None:
+        rows_index = pd.RangeIndex(columns.rows) if index is None else index
+    else:
+        rows_index = _index(columns, by_name)
+    return create_dataframe_from_blocks(blocks, rows_index, layout.columns)
 
 
-def _index(columns: Columns, name: str | None, kind_of: Mapping[str, Kind]) -> pd.Index:
-    if name is None:
-        return pd.RangeIndex(columns.rows)
-    kind = kind_of[name]
+def _index(columns: Columns, name: str) -> pd.Index:
+    kind = columns.kinds[columns.names.index(name)]
     if kind == "float":
         return pd.Index(columns.column(name).copy(), name=name)
     if kind == "date":

@@ -3,7 +3,8 @@
     {prefix}:current                  the version readers use (a string)
     {prefix}:{version}:meta           HASH day, created_at, codes, bars, columns, ...
     {prefix}:{version}:bars:{code}    the code's last `bars` stock_daily rows (codec bytes)
-    {prefix}:{version}:latest:{code}  HASH the code's latest bar and latest indicators
+    {prefix}:{version}:latest:{code}  HASH the code's latest bar and latest indicators, one
+                                      field per column, and the row packed in `_frame`
     {prefix}:{version}:xs             the day's cross-section (codec bytes)
 
 A version is `{day:%Y%m%d}-{created:%Y%m%dT%H%M%S%f}` (UTC): the day of technical_daily it

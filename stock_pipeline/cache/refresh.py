@@ -32,6 +32,7 @@ from stock_pipeline.cache.frames import (
     INDICATOR_DATE,
     INDICATOR_VALUES,
     LATEST,
+    PACKED_FIELD,
     Layout,
     hash_fields,
 )
@@ -289,9 +290,11 @@ async def _write_version(
                 blob = codec.encode(snapshot.bars_of(i))
                 pipe.set(keys.bars(version, code), blob, ex=ttl_s)
                 latest_key = keys.latest(version, code)
-                pipe.hset(latest_key, mapping=fields[i])
+                packed = codec.encode(snapshot.latest.take(slice(i, i + 1)))
+                mapping: dict[str, str | bytes] = {**fields[i], PACKED_FIELD: packed}
+                pipe.hset(latest_key, mapping=mapping)
                 pipe.expire(latest_key, ttl_s)
-                size += len(blob) + sum(len(k) + len(v) for k, v in fields[i].items())
+                size += len(blob) + sum(len(k) + len(v) for k, v in mapping.items())
                 written += 2
             await pipe.execute()
     cross_section = codec.encode(snapshot.cross_section)
