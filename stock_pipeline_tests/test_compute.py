@@ -119,8 +119,15 @@ def test_adjust_factor_violations():
     missed_in_suspension = _bars("bad4", [10.0, None, 9.2], [10.0, None, 9.0]).assign(
         back_adjust_factor=[1.0, 1.0, 1.0]
     )
+    # Suspended since the first stored day: its first traded bar has no close to compare with.
+    suspended_from_start = _bars("unknown", [None, None, 9.2], [None, None, 9.0]).assign(
+        back_adjust_factor=[1.0, 1.0, 1.3]
+    )
     found = adjust_factor_violations(
-        pd.concat([good, suspended, unexplained, decreasing, missed, missed_in_suspension])
+        pd.concat(
+            [good, suspended, unexplained, decreasing, missed, missed_in_suspension]
+            + [suspended_from_start]
+        )
     )
     assert sorted(zip(found["code"], found["rule"], strict=True)) == [
         ("bad1", "changed without an ex-right"),

@@ -22,7 +22,8 @@ def adjust_factor_violations(rows: pd.DataFrame) -> pd.DataFrame:
     too). Rules:
     - the factor never decreases along a code's history;
     - it changes only on an ex-right: the first traded bar on or after the change shows one (a
-      change within a suspension shows at the first traded bar after it);
+      change within a suspension shows at the first traded bar after it; a code's first traded
+      bar with no close before it cannot show one and is taken as it is);
     - an ex-right changes it: its factor differs from the last traded bar's (a factor BaoStock
       had not published yet would otherwise be missed for good).
     """
@@ -33,8 +34,11 @@ def adjust_factor_violations(rows: pd.DataFrame) -> pd.DataFrame:
     factor = frame["back_adjust_factor"].to_numpy(np.float64)
     previous_factor = np.roll(factor, 1)
     previous_factor[rights.first] = np.nan
-    # For each row: is the first traded row at or after it an ex-right? (back-fill per code)
-    marker = pd.Series(np.where(rights.traded, rights.ex_right, np.nan))
+    # For each row: is the first traded row at or after it an ex-right, or one that cannot be
+    # told (no traded close before it in the history given: a code suspended since its first
+    # stored day)? Back-filled per code.
+    unverifiable = rights.traded & np.isnan(rights.last_close)
+    marker = pd.Series(np.where(rights.traded, rights.ex_right | unverifiable, np.nan))
     evidence = marker.groupby(rights.group).bfill().fillna(0).to_numpy(bool)
     scale = np.maximum(np.abs(previous_factor), 1.0)
     changed = np.abs(factor - previous_factor) > FACTOR_TOLERANCE * scale
