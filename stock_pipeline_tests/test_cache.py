@@ -31,6 +31,7 @@ from stock_pipeline.cache.refresh import (
     latest_indicator_day,
     refresh_cache,
 )
+from stock_pipeline.read import MarketReader
 from stock_pipeline.settings import Settings
 from stock_pipeline.warehouse import migrate, writer
 from stock_pipeline.warehouse.engine import Warehouse
@@ -293,15 +294,31 @@ def test_readers_never_see_two_versions_mixed(market: Market, make_database, red
             seen.append((version, markers))
         reader.close()
 
-    thread = threading.Thread(target=read_sweeps)
-    thread.start()
+    api_markers: list[float] = []
+    settings = Settings(database_url=own.dsn, redis_url=redis_url, cache_prefix=prefix)
+
+    def read_through_the_api() -> None:
+        with MarketReader(settings, pointer_ttl_s=0) as reader:
+            while not stop.is_set():
+                for code in codes:
+                    api_markers.append(float(reader.latest(code)["turnover"].iloc[0]))
+                    if len(reader.bars(code, pd.Timestamp(DAYS[-5]).date())) != 5:
+                        failures.append(f"{code}: not 5 bars")
+            if reader.served["postgres"]:  # a key was missing: the reader saw a half version
+                failures.append(f"{reader.served['postgres']} reads fell back to PostgreSQL")
+
+    threads = [threading.Thread(target=read_sweeps), threading.Thread(target=read_through_the_api)]
+    for thread in threads:
+        thread.start()
     try:
-        for _ in range(3):  # a few switches while the reader sweeps
+        for _ in range(3):  # a few switches while the readers read
             refresh(own.dsn, redis_url, prefix, batch_codes=1)
     finally:
         stop.set()
-        thread.join()
+        for thread in threads:
+            thread.join()
     assert not failures, failures[:5]
+    assert set(api_markers) == {1.0, 2.0}
     assert {m for _, markers in seen for m in markers} <= {b"1.0", b"2.0"}
     assert all(len(markers) == 1 for _, markers in seen), seen
     assert len({v for v, _ in seen}) >= 2  # the sweeps did span a switch

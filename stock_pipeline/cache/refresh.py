@@ -207,16 +207,9 @@ async def refresh_cache(
     the previous version), NothingToCache if technical_daily is empty.
     """
     if isinstance(redis, str):
+        options = {"bars": bars, "ttl_s": ttl_s, "grace_s": grace_s, "batch_codes": batch_codes}
         async with connect(redis) as connection:
-            return await refresh_cache(
-                wh,
-                connection,
-                prefix=prefix,
-                bars=bars,
-                ttl_s=ttl_s,
-                grace_s=grace_s,
-                batch_codes=batch_codes,
-            )
+            return await refresh_cache(wh, connection, prefix=prefix, **options)
     if bars < 1 or ttl_s <= grace_s or batch_codes < 1:
         raise ValueError(
             f"refresh_cache: bars ({bars}) and batch_codes ({batch_codes}) must be >= 1 and "
@@ -233,8 +226,7 @@ async def refresh_cache(
         raise NothingToCache("technical_daily is empty: materialize the indicators first")
     snapshot = await read_snapshot(wh, day, bars)
     read_s = time.perf_counter() - began
-    created = dt.datetime.now(dt.UTC)
-    version = make_version(day, created)
+    version = make_version(day, dt.datetime.now(dt.UTC))
     try:
         written, size = await _write_version(
             redis, keys, version, snapshot, bars, ttl_s, batch_codes
@@ -244,28 +236,34 @@ async def refresh_cache(
         expired = await _expire_replaced(redis, keys, version, previous, grace_s)
     except CONNECTION_ERRORS as exc:
         raise redis.unreachable(exc) from None
-    result = RefreshResult(
-        day=day,
-        version=version,
-        previous_version=previous,
-        codes=len(snapshot.codes),
-        cross_section_codes=snapshot.cross_section.rows,
-        keys_written=written + 1,
-        bytes_written=size,
-        expired_keys=expired,
-        read_seconds=round(read_s, 3),
-        write_seconds=round(time.perf_counter() - began - read_s, 3),
-        seconds=round(time.perf_counter() - began, 3),
+    seconds = time.perf_counter() - began
+    return _reported(
+        RefreshResult(
+            day=day,
+            version=version,
+            previous_version=previous,
+            codes=len(snapshot.codes),
+            cross_section_codes=snapshot.cross_section.rows,
+            keys_written=written + 1,
+            bytes_written=size,
+            expired_keys=expired,
+            read_seconds=round(read_s, 3),
+            write_seconds=round(seconds - read_s, 3),
+            seconds=round(seconds, 3),
+        )
     )
+
+
+def _reported(result: RefreshResult) -> RefreshResult:
     log.info(
         "[cache] %s: %d codes, %d keys, %.1f MB in %.1fs (read %.1fs); replaced %s",
-        version,
+        result.version,
         result.codes,
         result.keys_written,
-        size / 1e6,
+        result.bytes_written / 1e6,
         result.seconds,
-        read_s,
-        previous,
+        result.read_seconds,
+        result.previous_version,
     )
     return result
 
