@@ -22,9 +22,14 @@ through stock_pipeline.read.MarketReader, one at a time (latency, not throughput
                   SQLAlchemy engine (SELECT * ... WHERE code = :code AND trade_date BETWEEN),
                   the same windows as bars60_pg.
 
+  floor_*         a bare round trip through the same drivers (redis-py PING, psycopg2
+                  SELECT 1): what the machine allows, whatever the reader does.
+
 A sample of requests is checked: the Redis frame equals the PostgreSQL one. Before measuring,
 the servers settle (a Redis snapshot, a PostgreSQL checkpoint). Latencies are wall-clock per
-call (perf_counter), percentiles over all requests after a warm-up. Prints one
+call (perf_counter), percentiles over all requests after a warm-up; the methods take turns in
+blocks of 500 requests, so load from other processes falls on all alike (load_avg: the 1-minute
+load average before and after, on a machine of os.cpu_count() cores). Prints one
 JSON object per line; the last line is the summary.
 """
 
@@ -32,12 +37,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
+import os
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -57,6 +64,7 @@ from stock_pipeline.warehouse.urls import display_url, sqlalchemy_url
 WINDOW = 60  # trading days a request asks for; also the cached bars
 DAILY_TAIL = 60  # the last days loaded one by one, as daily runs do
 WARMUP = 200
+BLOCK = 500  # requests a method answers before the next one takes its turn
 TARGETS_MS = {"bars60_pg_p99_ms": 10.0, "bars60_redis_p99_ms": 1.0, "latest_redis_p99_ms": 1.0}
 
 
@@ -190,16 +198,21 @@ def settle(dsn: str, redis_url: str) -> None:
         engine.dispose()
 
 
-def latencies_ms(call: Callable[[int], Any], n: int) -> np.ndarray:
-    """Milliseconds of call(i) for i in range(n), after WARMUP calls."""
-    for i in range(min(WARMUP, n)):
-        call(i)
-    times = np.empty(n)
-    for i in range(n):
-        began = time.perf_counter()
-        call(i)
-        times[i] = time.perf_counter() - began
-    return times * 1000
+def latencies_ms(methods: dict[str, Callable[[int], Any]], n: int) -> dict[str, np.ndarray]:
+    """Milliseconds of call(i), i in range(n), for every method after WARMUP calls each. The
+    methods take turns in blocks of BLOCK requests, so a burst of load from another process
+    on the machine lands on all of them alike rather than on one."""
+    for call in methods.values():
+        for i in range(min(WARMUP, n)):
+            call(i)
+    times = {name: np.empty(n) for name in methods}
+    for low in range(0, n, BLOCK):
+        for name, call in methods.items():
+            for i in range(low, min(low + BLOCK, n)):
+                began = time.perf_counter()
+                call(i)
+                times[name][i] = time.perf_counter() - began
+    return {name: values * 1000 for name, values in times.items()}
 
 
 def percentiles(name: str, times: np.ndarray) -> dict[str, float]:
@@ -224,21 +237,14 @@ def measure(
     starts = rng.integers(0, len(dates) - WINDOW + 1, requests)
     windows = [(dates[s], dates[s + WINDOW - 1]) for s in starts]
     cached_start = dates[-WINDOW]
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"load_before": os.getloadavg()[0]}
     with (
         MarketReader(settings) as cache,
         MarketReader(settings, use_cache=False) as warehouse,
+        _floors(settings) as floors,
     ):
-        for i in range(0, requests, max(1, requests // 50)):  # frames alike whichever store
-            for adjust in ("none", "qfq"):
-                pd.testing.assert_frame_equal(
-                    cache.bars(codes[i], cached_start, adjust=adjust),
-                    warehouse.bars(codes[i], cached_start, adjust=adjust),
-                )
-            pd.testing.assert_frame_equal(cache.latest(codes[i]), warehouse.latest(codes[i]))
-        assert len(cache.bars(codes[0], cached_start)) == WINDOW
+        check_frames(cache, warehouse, codes, cached_start)
         served = cache.served
-
         methods: dict[str, Callable[[int], Any]] = {
             "bars60_pg": lambda i: warehouse.bars(codes[i], *windows[i]),
             "bars60_redis": lambda i: cache.bars(codes[i], cached_start),
@@ -246,16 +252,54 @@ def measure(
             "bars60_redis_qfq": lambda i: cache.bars(codes[i], cached_start, adjust="qfq"),
             "latest_redis": lambda i: cache.latest(codes[i]),
             "latest_pg": lambda i: warehouse.latest(codes[i]),
+            "baseline": _baseline(dsn, codes, windows),
+            **floors,
         }
-        for name, call in methods.items():
-            results |= percentiles(name, latencies_ms(call, requests))
+        for name, times in latencies_ms(methods, requests).items():
+            results |= percentiles(name, times)
         after = cache.served
         results["redis_share"] = round(
             (after["redis"] - served["redis"]) / max(1, sum(after.values()) - sum(served.values())),
             4,
         )
-    results |= percentiles("baseline", latencies_ms(_baseline(dsn, codes, windows), requests))
+    results["load_after"] = os.getloadavg()[0]
     return results
+
+
+def check_frames(
+    cache: MarketReader, warehouse: MarketReader, codes: list[str], cached_start: dt.date
+) -> None:
+    """Frames alike whichever store answers, on a sample of the requests."""
+    for i in range(0, len(codes), max(1, len(codes) // 50)):
+        for adjust in ("none", "qfq"):
+            pd.testing.assert_frame_equal(
+                cache.bars(codes[i], cached_start, adjust=adjust),
+                warehouse.bars(codes[i], cached_start, adjust=adjust),
+            )
+        pd.testing.assert_frame_equal(cache.latest(codes[i]), warehouse.latest(codes[i]))
+    assert len(cache.bars(codes[0], cached_start)) == WINDOW
+
+
+@contextlib.contextmanager
+def _floors(settings: Settings) -> Iterator[dict[str, Callable[[int], Any]]]:
+    """The floor under any read on this machine: a bare round trip to each server through the
+    same drivers (redis-py PING, psycopg2 SELECT 1)."""
+    client = redis.Redis(connection_pool=redis.ConnectionPool.from_url(settings.redis_url))
+    engine = create_engine(sqlalchemy_url(settings.database_url, "psycopg2"))
+    connection = engine.raw_connection()
+    cursor = connection.cursor()
+
+    def select_one(_: int) -> Any:
+        cursor.execute("SELECT 1")
+        return cursor.fetchall()
+
+    try:
+        yield {"floor_redis_ping": lambda _: client.ping(), "floor_pg_select1": select_one}
+    finally:
+        cursor.close()
+        connection.close()
+        engine.dispose()
+        client.close()
 
 
 def _baseline(dsn: str, codes: list[str], windows: list[tuple[dt.date, dt.date]]):
@@ -340,7 +384,11 @@ def run(args: argparse.Namespace, settings: Settings, url: str, redis_url: str) 
         "latest_pg_p50_ms": measured["latest_pg_p50_ms"],
         "bars60_redis_qfq_p99_ms": measured["bars60_redis_qfq_p99_ms"],
         "bars60_pg_qfq_p99_ms": measured["bars60_pg_qfq_p99_ms"],
+        "floor_redis_ping_p99_ms": measured["floor_redis_ping_p99_ms"],
+        "floor_pg_select1_p99_ms": measured["floor_pg_select1_p99_ms"],
         "redis_share": measured["redis_share"],
+        "load_avg": [measured["load_before"], measured["load_after"]],
+        "cpus": os.cpu_count(),
         "targets_met": all(measured[k] <= v for k, v in TARGETS_MS.items()),
         "codes": args.codes,
         "days": len(market.days),
