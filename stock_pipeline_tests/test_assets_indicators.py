@@ -5,6 +5,7 @@ its refusal to continue from a hole. Real PostgreSQL, the real baostock client, 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import uuid
@@ -12,15 +13,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import baostock
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
 
+from stock_pipeline.assets import runtime
+from stock_pipeline.assets.indicators import TECHNICAL_DAILY_CHECKS
 from stock_pipeline.baostock.endpoint import point_client_at
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorServer
 from stock_pipeline.compute.indicators import INDICATORS, STATE_COLUMNS, WARM_UP
 from stock_pipeline.embedded.redis import EmbeddedRedis
 from stock_pipeline.read import MarketReader
+from stock_pipeline.resources import WarehouseResource
 from stock_pipeline.settings import Settings
 from stock_pipeline.warehouse import migrate
 from stock_pipeline_tests.pipeline import (
@@ -259,3 +264,44 @@ def test_redis_down_fails_only_the_cache_and_reads_fall_back(
         assert reader.served["redis"] == 0 and reader.served["postgres"] >= len(codes)
     down = [r for r in caplog.records if r.name == "stock_pipeline.read"]
     assert len(down) == 1, [r.getMessage() for r in down]
+
+
+def test_technical_daily_checks_fail_on_bad_rows(make_pipeline: Callable[..., Pipeline]):
+    pipeline = make_pipeline()
+    assert pipeline.materialize([*DAILY, "technical_daily"], FIRST, D(2023, 2, 28)).success
+    window = runtime.Window(D(2023, 2, 1), D(2023, 2, 28), ())
+    resource = WarehouseResource(database_url=pipeline.dsn)
+
+    def outcomes() -> dict[str, dg.AssetCheckResult]:
+        return {
+            spec.name: asyncio.run(spec.evaluate(window, resource))
+            for spec in TECHNICAL_DAILY_CHECKS
+        }
+
+    assert all(r.passed for r in outcomes().values())
+    code, day = pipeline.query(
+        "SELECT code, trade_date FROM technical_daily WHERE trade_date = '2023-02-15' "
+        "AND traded_bars >= 20 ORDER BY code LIMIT 1"
+    )[0]
+    pipeline.query(
+        "UPDATE technical_daily SET ma5 = NULL, traded_bars = traded_bars + 1 "
+        "WHERE code = %s AND trade_date = %s",
+        code,
+        day,
+    )
+    pipeline.query(
+        "DELETE FROM technical_daily WHERE trade_date = '2023-02-20' AND code = %s", code
+    )
+    found = outcomes()
+    warm_up = found["technical_daily_warm_up_check"]
+    assert not warm_up.passed and "ma5" in (warm_up.description or "")
+    pipeline.query(
+        "UPDATE technical_daily SET traded_bars = traded_bars + 1 "
+        "WHERE code = %s AND trade_date > %s",
+        code,
+        day,
+    )
+    broken = outcomes()["technical_daily_warm_up_check"]
+    assert broken.metadata["codes_with_broken_bar_counts"].value == 1
+    rows = found["technical_daily_rows_check"]
+    assert not rows.passed and "1 days" in (rows.description or "")

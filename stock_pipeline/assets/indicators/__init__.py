@@ -64,7 +64,7 @@ TECHNICAL_DAILY_CHECKS = (
     WindowCheck(
         "technical_daily_warm_up_check",
         "Every indicator has a value once the code has traded long enough for it (its "
-        "warm-up), and traded_bars counts the code's traded days without a gap.",
+        "warm-up), and traded_bars rises by the code's traded days.",
         checks.warmed_up_values,
     ),
 )

@@ -9,7 +9,10 @@ for good, so the run fails and says where to start instead.
 
 from __future__ import annotations
 
+import asyncio
+
 import dagster as dg
+import pandas as pd
 
 from stock_pipeline.assets import runtime, store
 from stock_pipeline.compute.indicators import (
@@ -25,7 +28,8 @@ from stock_pipeline.warehouse.engine import Warehouse
 CODES_PER_BATCH = 500
 
 CODES_SQL = """
-SELECT DISTINCT code FROM stock_daily WHERE trade_date BETWEEN $1 AND $2 ORDER BY code
+SELECT code, count(*) AS rows FROM stock_daily WHERE trade_date BETWEEN $1 AND $2
+GROUP BY code ORDER BY code
 """
 RANGE_SQL = """
 SELECT code, trade_date, high, low, close, volume, back_adjust_factor FROM stock_daily
@@ -107,26 +111,17 @@ async def build_technical_daily(
 ) -> dg.MaterializeResult:
     report = runtime.Report("technical_daily", window)
     async with warehouse.open() as wh:
-        codes = [r["code"] for r in await wh.copy_pool.fetch(CODES_SQL, window.start, window.end)]
+        counts = await wh.copy_pool.fetch(CODES_SQL, window.start, window.end)
+        codes = [r["code"] for r in counts]
         with report.stages.time("read"):
             continuity = await wh.copy_pool.fetch(CONTINUITY_SQL, codes, window.start)
         problem = continuity_problem(continuity, window)
         if problem:
             raise dg.Failure(description=problem, allow_retries=False)
-        expected = await wh.copy_pool.fetchval(
-            "SELECT count(*) FROM stock_daily WHERE trade_date BETWEEN $1 AND $2",
-            window.start,
-            window.end,
-        )
-        async with store.bulk_load_if_large(wh, "technical_daily", window, expected) as bulk:
-            for number, start in enumerate(range(0, len(codes), CODES_PER_BATCH), 1):
-                batch = codes[start : start + CODES_PER_BATCH]
-                await _compute_batch(wh, window, batch, report)
-                context.log.debug(
-                    f"[indicators.technical_daily] batch {number}: {len(batch)} codes, "
-                    f"{report.stages.wall_s:.1f}s"
-                )
         dropped = await _drop_codes_without_bars(wh, window, codes)
+        expected = sum(r["rows"] for r in counts)
+        async with store.bulk_load_if_large(wh, "technical_daily", window, expected) as bulk:
+            await _compute_and_write(context, wh, window, codes, report)
     rows = report.rows_written.get("technical_daily", 0)
     compute_s = report.stages.seconds.get("compute", 0.0)
     report.extra.update(
@@ -144,27 +139,68 @@ async def build_technical_daily(
     return report.result()
 
 
-async def _compute_batch(
-    wh: Warehouse, window: runtime.Window, codes: list[str], report: runtime.Report
+async def _compute_and_write(
+    context: dg.AssetExecutionContext,
+    wh: Warehouse,
+    window: runtime.Window,
+    codes: list[str],
+    report: runtime.Report,
 ) -> None:
+    """Batch by batch; the next batch is read and computed while the server stores the last
+    one (two batches in memory at most; the stages' seconds overlap)."""
+    writing: asyncio.Task | None = None
+    try:
+        for number, start in enumerate(range(0, len(codes), CODES_PER_BATCH), 1):
+            batch = codes[start : start + CODES_PER_BATCH]
+            rows = await _read_and_compute(wh, window, batch, report)
+            if writing is not None:
+                await writing
+            writing = asyncio.create_task(_write(wh, window, batch, rows, report))
+            context.log.debug(
+                f"[indicators.technical_daily] batch {number}: {len(batch)} codes computed, "
+                f"{report.stages.wall_s:.1f}s"
+            )
+        if writing is not None:
+            await writing
+    finally:
+        if writing is not None and not writing.done():
+            writing.cancel()
+            await asyncio.gather(writing, return_exceptions=True)
+
+
+async def _read_and_compute(
+    wh: Warehouse, window: runtime.Window, codes: list[str], report: runtime.Report
+) -> pd.DataFrame:
     with report.stages.time("read"):
         bars = await store.read_frame(wh, "stock_daily", RANGE_SQL, codes, window.start, window.end)
         lookback = await store.read_frame(wh, "stock_daily", LOOKBACK_SQL, codes, window.start)
         previous = await store.read_frame(wh, "technical_daily", PREVIOUS_SQL, codes, window.start)
     with report.stages.time("compute"):
-        rows = compute_indicators(bars, lookback, previous)
+        # In a thread: NumPy lets the event loop go on feeding the previous batch's COPY.
+        rows = await asyncio.to_thread(compute_indicators, bars, lookback, previous)
+    if report.preview is None:
+        report.preview = rows.loc[rows["traded_bars"] > 0].head(runtime.PREVIEW_ROWS)
+    return rows
+
+
+async def _write(
+    wh: Warehouse,
+    window: runtime.Window,
+    codes: list[str],
+    rows: pd.DataFrame,
+    report: runtime.Report,
+) -> None:
     with report.stages.time("write"):
         report.wrote(
             await store.replace_window(
                 wh, "technical_daily", rows, start=window.start, end=window.end, codes=codes
             )
         )
-    if report.preview is None:
-        report.preview = rows.loc[rows["traded_bars"] > 0].head(runtime.PREVIEW_ROWS)
 
 
 async def _drop_codes_without_bars(wh: Warehouse, window: runtime.Window, codes: list[str]) -> int:
-    """technical_daily rows of the window whose code has no stock_daily row there any more."""
+    """technical_daily rows of the window whose code has no stock_daily row there any more
+    (before the load: the rows it writes are not scanned again)."""
     status = await wh.copy_pool.execute(
         "DELETE FROM technical_daily WHERE trade_date BETWEEN $1 AND $2 "
         "AND NOT (code = ANY($3::text[]))",
