@@ -162,6 +162,19 @@ def test_a_range_on_top_of_a_hole_fails_and_writes_nothing(
     assert pipeline.query("SELECT count(*) FROM technical_daily")[0][0] == 0
     # Starting where it says works.
     assert pipeline.materialize(["technical_daily"], FIRST, D(2023, 3, 31)).success
+    # A day stock_daily loses (or gains) after the indicators were computed: the next range
+    # names it as the day to recompute from.
+    assert pipeline.materialize(DAILY, D(2023, 4, 3)).success
+    code = pipeline.query(
+        "SELECT code FROM stock_daily WHERE trade_date = '2023-02-15' AND close IS NOT NULL "
+        "ORDER BY code LIMIT 1"
+    )[0][0]
+    pipeline.query("DELETE FROM stock_daily WHERE code = %s AND trade_date = '2023-02-15'", code)
+    result = pipeline.materialize(["technical_daily"], D(2023, 4, 3))
+    assert not result.success
+    message = " ".join(e.step_failure_data.error.message for e in result.get_step_failure_events())
+    assert "materialize technical_daily again from 2023-02-15" in message, message
+    assert pipeline.materialize(["technical_daily"], D(2023, 2, 15), D(2023, 4, 3)).success
 
 
 def test_cache_holds_the_latest_day_and_serves_the_warehouse_frames(full: tuple[Pipeline, dict]):

@@ -10,6 +10,7 @@ for good, so the run fails and says where to start instead.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import dagster as dg
 import pandas as pd
@@ -49,38 +50,64 @@ SELECT p.* FROM unnest($1::text[]) AS c(code) CROSS JOIN LATERAL (
 ) p
 """
 # Per code: its last stock_daily day before the range; the technical_daily row before it (day
-# and traded bars counted); the traded bars stock_daily has before it (up to LOOKBACK); and the
-# first stock_daily day after that row (where a hole starts).
-CONTINUITY_SQL = f"""
+# and traded bars counted); the traded days stock_daily has before the range (one aggregate
+# over the history: about a second for five years of the market); and the first stock_daily
+# day after that row (where a hole starts).
+CONTINUITY_SQL = """
+WITH traded AS (
+    SELECT code, count(close) AS traded_before FROM stock_daily
+    WHERE code = ANY($1::text[]) AND trade_date < $2 GROUP BY code
+)
 SELECT c.code, b.last_bar, t.trade_date AS last_state, t.traded_bars,
-    (SELECT count(*) FROM (SELECT 1 FROM stock_daily WHERE code = c.code AND trade_date < $2
-        AND close IS NOT NULL ORDER BY trade_date DESC LIMIT {LOOKBACK}) x) AS lookback_bars,
+    coalesce(traded.traded_before, 0) AS traded_before,
     (SELECT min(trade_date) FROM stock_daily WHERE code = c.code AND trade_date < $2
         AND trade_date > coalesce(t.trade_date, '-infinity'::date)) AS first_missing,
     (SELECT min(trade_date) FROM stock_daily WHERE code = c.code) AS first_bar
 FROM unnest($1::text[]) AS c(code)
+LEFT JOIN traded USING (code)
 LEFT JOIN LATERAL (SELECT max(trade_date) AS last_bar FROM stock_daily
                    WHERE code = c.code AND trade_date < $2) b ON true
 LEFT JOIN LATERAL (SELECT trade_date, traded_bars FROM technical_daily
                    WHERE code = c.code AND trade_date < $2 ORDER BY trade_date DESC LIMIT 1) t
     ON true
 """
+# For codes whose history changed: the first day before the range that is in one table and not
+# the other (a day stock_daily gained or lost after the indicators were computed).
+FIRST_CHANGE_SQL = """
+SELECT min(day) FROM (
+    SELECT s.trade_date AS day FROM stock_daily s
+    WHERE s.code = ANY($1::text[]) AND s.trade_date < $2 AND NOT EXISTS (
+        SELECT 1 FROM technical_daily t WHERE t.code = s.code AND t.trade_date = s.trade_date)
+    UNION ALL
+    SELECT t.trade_date FROM technical_daily t
+    WHERE t.code = ANY($1::text[]) AND t.trade_date < $2 AND NOT EXISTS (
+        SELECT 1 FROM stock_daily s WHERE s.code = t.code AND s.trade_date = t.trade_date)
+) days
+"""
 
 
-def continuity_problem(rows: list, window: runtime.Window) -> str | None:
-    """Why the range cannot continue from the stored state (None: every code can).
-
-    A hole: stock_daily has days before the range that technical_daily has not reached. A
-    changed history: the state counted other traded days than stock_daily holds now (days added
-    or rebuilt after the indicators were computed)."""
-    holes = [r for r in rows if r["last_bar"] is not None and r["last_state"] != r["last_bar"]]
-    changed = [
+def changed_history(rows: list) -> list:
+    """Codes whose stored state counted other traded days than stock_daily holds before the
+    range now (days added, removed or turned traded after the indicators were computed)."""
+    return [
         r
         for r in rows
         if r["last_bar"] is not None
         and r["last_state"] == r["last_bar"]
-        and r["lookback_bars"] != min(r["traded_bars"] or 0, LOOKBACK)
+        and r["traded_before"] != (r["traded_bars"] or 0)
     ]
+
+
+def continuity_problem(
+    rows: list, window: runtime.Window, first_change: dt.date | None = None
+) -> str | None:
+    """Why the range cannot continue from the stored state (None: every code can).
+
+    A hole: stock_daily has days before the range that technical_daily has not reached. A
+    changed history (see changed_history): recompute from `first_change` (the first day that
+    differs, when known; else the first day of those codes)."""
+    holes = [r for r in rows if r["last_bar"] is not None and r["last_state"] != r["last_bar"]]
+    changed = changed_history(rows)
     problems = []
     if holes:
         start = min(r["first_missing"] for r in holes)
@@ -91,7 +118,7 @@ def continuity_problem(rows: list, window: runtime.Window) -> str | None:
             f"from {start} first, or start this range there"
         )
     if changed:
-        start = min(r["first_bar"] for r in changed)
+        start = first_change or min(r["first_bar"] for r in changed)
         problems.append(
             f"the stock_daily history of {len(changed)} codes (e.g. {_examples(changed)}) "
             "changed after their indicators were computed (other traded days before the range "
@@ -115,7 +142,11 @@ async def build_technical_daily(
         codes = [r["code"] for r in counts]
         with report.stages.time("read"):
             continuity = await wh.copy_pool.fetch(CONTINUITY_SQL, codes, window.start)
-        problem = continuity_problem(continuity, window)
+            changed = [r["code"] for r in changed_history(continuity)]
+            first_change = None
+            if changed:
+                first_change = await wh.copy_pool.fetchval(FIRST_CHANGE_SQL, changed, window.start)
+        problem = continuity_problem(continuity, window, first_change)
         if problem:
             raise dg.Failure(description=problem, allow_retries=False)
         dropped = await _drop_codes_without_bars(wh, window, codes)
