@@ -387,7 +387,7 @@ def run(args: argparse.Namespace, settings: Settings, url: str, redis_url: str) 
         "floor_redis_ping_p99_ms": measured["floor_redis_ping_p99_ms"],
         "floor_pg_select1_p99_ms": measured["floor_pg_select1_p99_ms"],
         "redis_share": measured["redis_share"],
-        "load_avg": [measured["load_before"], measured["load_after"]],
+        "load_avg": [round(measured["load_before"], 2), round(measured["load_after"], 2)],
         "cpus": os.cpu_count(),
         "targets_met": all(measured[k] <= v for k, v in TARGETS_MS.items()),
         "codes": args.codes,
