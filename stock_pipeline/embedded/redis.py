@@ -12,6 +12,8 @@ from pathlib import Path
 
 import psutil
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from stock_pipeline.embedded._service import (
     EmbeddedServiceError,
@@ -38,6 +40,13 @@ def _server_binary() -> str:
             f"no embedded Redis for this platform ({exc}); set STOCK_PIPELINE_REDIS_URL to a "
             "Redis server"
         ) from exc
+
+
+def _client(port: int, timeout: float) -> redis.Redis:
+    """A client that does not retry: redis-py 8 retries a command three times with backoff by
+    default, which turned a SHUTDOWN (the server closes the connection) or a ping of a stopped
+    server into seconds of waiting."""
+    return redis.Redis(port=port, socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
 
 
 class EmbeddedRedis:
@@ -95,7 +104,7 @@ class EmbeddedRedis:
             if pid is None or not self.is_running():
                 return
             try:
-                redis.Redis(port=self.port, socket_timeout=timeout).shutdown(save=True)
+                _client(self.port, timeout).shutdown(save=True)
             except redis.ConnectionError:
                 pass  # the server closes the connection as it exits
             wait_until(lambda: not _alive(pid), timeout, "embedded Redis to exit")
@@ -120,7 +129,7 @@ class EmbeddedRedis:
 
     def _answers(self) -> bool:
         try:
-            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
+            return bool(_client(self.port, 0.5).ping())
         except redis.RedisError:
             return False
 

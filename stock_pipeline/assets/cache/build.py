@@ -56,7 +56,7 @@ async def version_check(warehouse: WarehouseResource, cache: CacheResource) -> d
         async with warehouse.open() as wh, cache.connect() as redis:
             latest = await latest_indicator_day(wh)
             cached = await current_cache_day(redis, settings.cache_prefix)
-    except CacheUnreachable as exc:
+    except (CacheUnreachable, ValueError) as exc:  # ValueError: the pointer holds no version
         return dg.AssetCheckResult(passed=False, description=str(exc))
     passed = latest is not None and cached == latest
     return dg.AssetCheckResult(

@@ -25,8 +25,9 @@ from stock_pipeline.compute.indicators import (
 from stock_pipeline.resources import WarehouseResource
 from stock_pipeline.warehouse.engine import Warehouse
 
-# Codes per read -> compute -> write round: about 600k rows for five years of range.
-CODES_PER_BATCH = 500
+# Codes per read -> compute -> write round: about 300k rows for five years of range (two
+# rounds are in memory at once, see _compute_and_write).
+CODES_PER_BATCH = 250
 
 CODES_SQL = """
 SELECT code, count(*) AS rows FROM stock_daily WHERE trade_date BETWEEN $1 AND $2
