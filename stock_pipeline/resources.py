@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
-from stock_pipeline.settings import CACHE_PREFIX_PATTERN, BaostockEndpoint, Settings, SettingsError
+from stock_pipeline.settings import (
+    CACHE_MIN_TTL_S,
+    CACHE_PREFIX_PATTERN,
+    BaostockEndpoint,
+    Settings,
+    SettingsError,
+)
 
 if TYPE_CHECKING:  # imported when used: loading the code location stays light
     from stock_pipeline.baostock.pool import BaostockPool
@@ -102,6 +108,11 @@ class CacheResource(dg.ConfigurableResource):
         if self.redis_url:
             overrides["redis_url"] = self.redis_url
         if self.ttl_s:
+            if self.ttl_s < CACHE_MIN_TTL_S:
+                raise SettingsError(
+                    f"CacheResource ttl_s={self.ttl_s} is too short: at least {CACHE_MIN_TTL_S} s "
+                    "(a replaced version stays readable for a minute after each refresh)"
+                )
             overrides["cache_ttl_s"] = self.ttl_s
         if self.bars:
             overrides["cache_bars"] = self.bars

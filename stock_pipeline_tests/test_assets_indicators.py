@@ -20,6 +20,7 @@ import pytest
 
 from stock_pipeline.assets import runtime
 from stock_pipeline.assets.indicators import TECHNICAL_DAILY_CHECKS
+from stock_pipeline.assets.indicators.build import continuity_problem
 from stock_pipeline.baostock.endpoint import point_client_at
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorServer
 from stock_pipeline.compute.indicators import INDICATORS, STATE_COLUMNS, WARM_UP
@@ -292,6 +293,12 @@ def test_technical_daily_checks_fail_on_bad_rows(make_pipeline: Callable[..., Pi
         }
 
     assert all(r.passed for r in outcomes().values())
+    # A whole day missing from stock_daily just before a range (its run failed): refused.
+    assert pipeline.materialize(DAILY, D(2023, 3, 2)).success
+    skipped = pipeline.materialize(["technical_daily"], D(2023, 3, 2))
+    assert not skipped.success
+    message = " ".join(e.step_failure_data.error.message for e in skipped.get_step_failure_events())
+    assert "stock_daily has no rows on 2023-03-01" in message, message
     code, day = pipeline.query(
         "SELECT code, trade_date FROM technical_daily WHERE trade_date = '2023-02-15' "
         "AND traded_bars >= 20 ORDER BY code LIMIT 1"
@@ -318,3 +325,29 @@ def test_technical_daily_checks_fail_on_bad_rows(make_pipeline: Callable[..., Pi
     assert broken.metadata["codes_with_broken_bar_counts"].value == 1
     rows = found["technical_daily_rows_check"]
     assert not rows.passed and "1 days" in (rows.description or "")
+
+
+def test_continuity_problems_name_the_day_to_start_from():
+    day = D(2023, 3, 1)
+    window = runtime.Window(day, day, (day,))
+
+    def row(code: str, last_bar, last_state, traded_bars=10, traded_before=10, **more):
+        return {"code": code, "last_bar": last_bar, "last_state": last_state,
+                "traded_bars": traded_bars, "traded_before": traded_before,
+                "first_missing": more.get("first_missing"), "first_bar": D(2023, 1, 3)}  # fmt: skip
+
+    fine = row("sh.600000", D(2023, 2, 28), D(2023, 2, 28))
+    new_listing = row("sh.600001", None, None, None, 0)
+    assert continuity_problem([fine, new_listing], window) is None
+    hole = row("sh.600002", D(2023, 2, 28), D(2023, 2, 10), first_missing=D(2023, 2, 13))
+    lost_last_day = row("sh.600003", D(2023, 2, 27), D(2023, 2, 28))
+    lost_everything = row("sh.600004", None, D(2023, 2, 28))
+    recounted = row("sh.600005", D(2023, 2, 28), D(2023, 2, 28), traded_before=9)
+    message = continuity_problem(
+        [fine, hole, lost_last_day, lost_everything, recounted], window, D(2023, 2, 6)
+    )
+    assert message is not None
+    assert "1 codes have stock_daily days before 2023-03-01" in message
+    assert "materialize technical_daily from 2023-02-13 first" in message
+    assert "history of 3 codes" in message and "again from 2023-02-06" in message
+    assert "None" not in message

@@ -123,10 +123,14 @@ def test_adjust_factor_violations():
     suspended_from_start = _bars("unknown", [None, None, 9.2], [None, None, 9.0]).assign(
         back_adjust_factor=[1.0, 1.0, 1.3]
     )
+    # An ex-date inside a suspension that outlasts the window: pending until it resumes.
+    still_suspended = _bars("pending", [10.0, None, None], [10.0, None, None]).assign(
+        back_adjust_factor=[1.0, 1.2, 1.2]
+    )
     found = adjust_factor_violations(
         pd.concat(
             [good, suspended, unexplained, decreasing, missed, missed_in_suspension]
-            + [suspended_from_start]
+            + [suspended_from_start, still_suspended]
         )
     )
     assert sorted(zip(found["code"], found["rule"], strict=True)) == [

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from redis.exceptions import LockError
 
 from stock_pipeline.cache import codec
 from stock_pipeline.cache.columns import Columns, from_frame
@@ -46,6 +47,7 @@ log = logging.getLogger("stock_pipeline.cache")
 # How long a replaced version stays readable after the switch: far longer than any read takes.
 GRACE_S = 60
 BATCH_CODES = 500
+LOCK_S = 600  # far longer than a refresh of the whole market takes (seconds)
 
 
 class NothingToCache(RuntimeError):
@@ -221,21 +223,29 @@ async def refresh_cache(
         await redis.client.ping()  # fail before the warehouse is read
     except CONNECTION_ERRORS as exc:
         raise redis.unreachable(exc) from None
-    day = await latest_indicator_day(wh)
-    if day is None:
-        raise NothingToCache("technical_daily is empty: materialize the indicators first")
-    snapshot = await read_snapshot(wh, day, bars)
-    read_s = time.perf_counter() - began
-    version = make_version(day, dt.datetime.now(dt.UTC))
+    # Refreshes take turns: two at once could each expire the other's version after its switch.
+    lock = redis.client.lock(f"{prefix}:refresh_lock", timeout=LOCK_S, blocking_timeout=LOCK_S)
     try:
-        written, size = await _write_version(
-            redis, keys, version, snapshot, bars, ttl_s, batch_codes
-        )
-        previous = await redis.client.set(keys.current, version, ex=ttl_s, get=True)
-        previous = previous.decode() if previous is not None else None
-        expired = await _expire_replaced(redis, keys, version, previous, grace_s)
+        async with lock:
+            day = await latest_indicator_day(wh)
+            if day is None:
+                raise NothingToCache("technical_daily is empty: materialize the indicators first")
+            snapshot = await read_snapshot(wh, day, bars)
+            read_s = time.perf_counter() - began
+            version = make_version(day, dt.datetime.now(dt.UTC))
+            written, size = await _write_version(
+                redis, keys, version, snapshot, bars, ttl_s, batch_codes
+            )
+            previous = await redis.client.set(keys.current, version, ex=ttl_s, get=True)
+            previous = previous.decode() if previous is not None else None
+            expired = await _expire_replaced(redis, keys, version, previous, grace_s)
     except CONNECTION_ERRORS as exc:
         raise redis.unreachable(exc) from None
+    except LockError:
+        raise RuntimeError(
+            f"another refresh of the cache under {prefix!r} held {prefix}:refresh_lock for "
+            f"over {LOCK_S} s: wait for it, or delete that key if no refresh runs"
+        ) from None
     seconds = time.perf_counter() - began
     return _reported(
         RefreshResult(

@@ -22,8 +22,9 @@ def adjust_factor_violations(rows: pd.DataFrame) -> pd.DataFrame:
     too). Rules:
     - the factor never decreases along a code's history;
     - it changes only on an ex-right: the first traded bar on or after the change shows one (a
-      change within a suspension shows at the first traded bar after it; a code's first traded
-      bar with no close before it cannot show one and is taken as it is);
+      change within a suspension shows at the first traded bar after it, and waits for it while
+      the suspension lasts; a code's first traded bar with no close before it cannot show one
+      and is taken as it is);
     - an ex-right changes it: its factor differs from the last traded bar's (a factor BaoStock
       had not published yet would otherwise be missed for good).
     """
@@ -39,7 +40,9 @@ def adjust_factor_violations(rows: pd.DataFrame) -> pd.DataFrame:
     # stored day)? Back-filled per code.
     unverifiable = rights.traded & np.isnan(rights.last_close)
     marker = pd.Series(np.where(rights.traded, rights.ex_right | unverifiable, np.nan))
-    evidence = marker.groupby(rights.group).bfill().fillna(0).to_numpy(bool)
+    # A change with no traded bar after it yet (a suspension still running) is pending: the
+    # first traded bar after the suspension verifies it, in the run that stores it.
+    evidence = marker.groupby(rights.group).bfill().fillna(1).to_numpy(bool)
     scale = np.maximum(np.abs(previous_factor), 1.0)
     changed = np.abs(factor - previous_factor) > FACTOR_TOLERANCE * scale
     decreased = factor < previous_factor - FACTOR_TOLERANCE * scale

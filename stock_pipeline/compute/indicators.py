@@ -59,13 +59,13 @@ SHORT_WINDOW = 20  # windows up to this length are summed exactly (see _rolling_
 
 # What a later range continues from, stored with each technical_daily row besides the
 # indicators that are their own state (close_hfq, macd_dea, kdj_k, kdj_d, obv).
-STATE_COLUMNS: tuple[str, ...] = (
-    "traded_bars",
+RECURSIVE_STATE: tuple[str, ...] = (
     "ema12",
     "ema26",
     *(f"avg_{side}{n}" for n in RSI_WINDOWS for side in ("gain", "loss")),
     "tr_avg14",
 )
+STATE_COLUMNS: tuple[str, ...] = ("traded_bars", *RECURSIVE_STATE)
 
 # Traded bars a code needs before each indicator has a value (warm-up).
 WARM_UP: dict[str, int] = {
@@ -112,10 +112,6 @@ class _Panel:
     row: np.ndarray  # per traded range bar (in input order): its panel row
     column: np.ndarray  # ... and its panel column
 
-    @property
-    def range_rows(self) -> int:
-        return self.close.shape[0] - LOOKBACK
-
 
 def compute_indicators(
     rows: pd.DataFrame, lookback: pd.DataFrame, previous: pd.DataFrame
@@ -141,6 +137,7 @@ def compute_indicators(
 
 
 def hfq_prices(bars: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Back-adjusted high, low and close: price x the back-adjust factor in force."""
     factor = bars["back_adjust_factor"].to_numpy(np.float64)
     return {name: bars[name].to_numpy(np.float64) * factor for name in ("high", "low", "close")}
 
@@ -155,7 +152,8 @@ def _build_panel(traded: pd.DataFrame, lookback: pd.DataFrame, codes: pd.Index) 
     from_end = lookback.groupby("code", sort=False).cumcount(ascending=False).to_numpy()
     back_row = LOOKBACK - 1 - from_end
     if (back_row < 0).any():
-        raise ValueError(f"lookback holds more than {LOOKBACK} bars for a code")
+        code = lookback["code"].to_numpy()[np.flatnonzero(back_row < 0)[0]]
+        raise ValueError(f"lookback holds more than {LOOKBACK} traded bars for {code}")
     height = LOOKBACK + (int(range_row.max()) - LOOKBACK + 1 if len(range_row) else 0)
     shape = (height, len(codes))
     arrays = {}
@@ -298,14 +296,14 @@ def _recursive(panel: _Panel, previous: pd.DataFrame, rsv: np.ndarray) -> dict[s
     low, volume = panel.low[LOOKBACK:], panel.volume[LOOKBACK:]
     bars = _state(previous, "traded_bars", 0.0)
     last_close = _state(previous, "close_hfq")
-    state = {name: _state(previous, name) for name in STATE_COLUMNS[1:]}
+    state = {name: _state(previous, name) for name in RECURSIVE_STATE}
     state.update(
         macd_dea=_state(previous, "macd_dea"),
         kdj_k=_state(previous, "kdj_k", 50.0),
         kdj_d=_state(previous, "kdj_d", 50.0),
         obv=_state(previous, "obv"),
     )
-    names = ("traded_bars", "macd_dif", "macd_hist", "kdj_j", "atr14", *STATE_COLUMNS[1:])
+    names = ("traded_bars", "macd_dif", "macd_hist", "kdj_j", "atr14", *RECURSIVE_STATE)
     names += (*(f"rsi{n}" for n in RSI_WINDOWS), "macd_dea", "kdj_k", "kdj_d", "obv")
     out = {name: np.full(close.shape, np.nan) for name in dict.fromkeys(names)}
     for i in range(close.shape[0]):

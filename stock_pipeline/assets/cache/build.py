@@ -59,10 +59,20 @@ async def version_check(warehouse: WarehouseResource, cache: CacheResource) -> d
     except (CacheUnreachable, ValueError) as exc:  # ValueError: the pointer holds no version
         return dg.AssetCheckResult(passed=False, description=str(exc))
     passed = latest is not None and cached == latest
+    if passed:
+        problem = None
+    elif cached is None:
+        problem = (
+            f"no cache under the prefix {settings.cache_prefix!r} (never refreshed, or expired "
+            "after STOCK_PIPELINE_CACHE_TTL_S): materialize redis_cache"
+        )
+    else:
+        problem = (
+            f"the cache holds {cached}, technical_daily's latest day is {latest}: "
+            "materialize redis_cache"
+        )
     return dg.AssetCheckResult(
         passed=passed,
         metadata={"cache_day": str(cached), "technical_daily_day": str(latest)},
-        description=None
-        if passed
-        else f"the cache holds {cached}, technical_daily's latest day is {latest}: refresh it",
+        description=problem,
     )

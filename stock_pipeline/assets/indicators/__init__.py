@@ -41,9 +41,9 @@ def build_technical_daily(
     ) -> dg.MaterializeResult:
         from stock_pipeline.assets.indicators import build
 
-        return await build.build_technical_daily(
-            context, warehouse, runtime.window_of(context, calendar)
-        )
+        window = runtime.window_of(context, calendar)
+        day_before = calendar.previous_session(window.start)
+        return await build.build_technical_daily(context, warehouse, window, day_before)
 
     return technical_daily
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -87,16 +88,30 @@ SELECT min(day) FROM (
 """
 
 
-def changed_history(rows: list) -> list:
-    """Codes whose stored state counted other traded days than stock_daily holds before the
-    range now (days added, removed or turned traded after the indicators were computed)."""
+def _holes(rows: list) -> list:
+    """Codes whose stored state stops before their last stock_daily day before the range."""
     return [
         r
         for r in rows
         if r["last_bar"] is not None
-        and r["last_state"] == r["last_bar"]
-        and r["traded_before"] != (r["traded_bars"] or 0)
+        and (r["last_state"] is None or r["last_state"] < r["last_bar"])
     ]
+
+
+def changed_history(rows: list) -> list:
+    """Codes whose stored state does not match stock_daily's history before the range now: it
+    stands on a day stock_daily no longer has, or it counted other traded days (days added,
+    removed or turned traded after the indicators were computed)."""
+
+    def changed(r: Any) -> bool:
+        state, bar = r["last_state"], r["last_bar"]
+        if state is None:
+            return False
+        stands_on_a_lost_day = bar is None or state > bar
+        counted_other_days = state == bar and r["traded_before"] != (r["traded_bars"] or 0)
+        return stands_on_a_lost_day or counted_other_days
+
+    return [r for r in rows if changed(r)]
 
 
 def continuity_problem(
@@ -106,9 +121,8 @@ def continuity_problem(
 
     A hole: stock_daily has days before the range that technical_daily has not reached. A
     changed history (see changed_history): recompute from `first_change` (the first day that
-    differs, when known; else the first day of those codes)."""
-    holes = [r for r in rows if r["last_bar"] is not None and r["last_state"] != r["last_bar"]]
-    changed = changed_history(rows)
+    differs, when known), else from the first day of those codes."""
+    holes, changed = _holes(rows), changed_history(rows)
     problems = []
     if holes:
         start = min(r["first_missing"] for r in holes)
@@ -119,7 +133,8 @@ def continuity_problem(
             f"from {start} first, or start this range there"
         )
     if changed:
-        start = first_change or min(r["first_bar"] for r in changed)
+        firsts = [r["first_bar"] for r in changed if r["first_bar"] is not None]
+        start = first_change or (min(firsts) if firsts else window.start)
         problems.append(
             f"the stock_daily history of {len(changed)} codes (e.g. {_examples(changed)}) "
             "changed after their indicators were computed (other traded days before the range "
@@ -135,10 +150,15 @@ def _examples(rows: list) -> str:
 
 
 async def build_technical_daily(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, window: runtime.Window
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    window: runtime.Window,
+    day_before: dt.date | None,
 ) -> dg.MaterializeResult:
+    """`day_before`: the trading day before the window (None: the calendar's first)."""
     report = runtime.Report("technical_daily", window)
     async with warehouse.open() as wh:
+        await _require_day_before(wh, window, day_before)
         counts = await wh.copy_pool.fetch(CODES_SQL, window.start, window.end)
         codes = [r["code"] for r in counts]
         with report.stages.time("read"):
@@ -171,6 +191,31 @@ async def build_technical_daily(
     return report.result()
 
 
+async def _require_day_before(
+    wh: Warehouse, window: runtime.Window, day_before: dt.date | None
+) -> None:
+    """A whole trading day missing from stock_daily just before the range (its run failed)
+    would make the range continue across it as if it were no day at all."""
+    if day_before is None:
+        return
+    found = await wh.copy_pool.fetchrow(
+        "SELECT EXISTS (SELECT 1 FROM stock_daily WHERE trade_date < $1) AS history, "
+        "EXISTS (SELECT 1 FROM stock_daily WHERE trade_date = $2) AS day_before",
+        window.start,
+        day_before,
+    )
+    if found["history"] and not found["day_before"]:
+        raise dg.Failure(
+            description=(
+                f"technical_daily {window}: stock_daily has no rows on {day_before}, the trading "
+                "day before the range, so the indicators would continue across a missing day. "
+                f"Materialize the daily graph (raw assets and stock_daily) for {day_before} "
+                "first, then technical_daily from it. Nothing was written."
+            ),
+            allow_retries=False,
+        )
+
+
 async def _compute_and_write(
     context: dg.AssetExecutionContext,
     wh: Warehouse,
@@ -195,9 +240,14 @@ async def _compute_and_write(
         if writing is not None:
             await writing
     finally:
-        if writing is not None and not writing.done():
-            writing.cancel()
-            await asyncio.gather(writing, return_exceptions=True)
+        # On an error, the write in flight is stopped (its transaction rolls back) and its own
+        # error, if it had one, is logged rather than lost.
+        if writing is not None:
+            if not writing.done():
+                writing.cancel()
+            (outcome,) = await asyncio.gather(writing, return_exceptions=True)
+            if isinstance(outcome, Exception):
+                context.log.error(f"[indicators.technical_daily] a batch's write failed: {outcome}")
 
 
 async def _read_and_compute(
