@@ -5,13 +5,13 @@ run). Business tables are written with upsert / replace_window, never "insert if
 value BaoStock corrects reaches them.
 """
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
 
 from stock_pipeline.assets import runtime
+from stock_pipeline.assets.window_checks import WindowCheck, window_check
 from stock_pipeline.calendar import TradingCalendar
 from stock_pipeline.resources import WarehouseResource
 
@@ -255,16 +255,6 @@ async def raw_reconciliation(
     )
 
 
-@dataclass(frozen=True)
-class WindowCheck:
-    """A check of stock_daily over the run's trading days."""
-
-    name: str
-    description: str
-    blocking: bool
-    evaluate: Callable[[runtime.Window, WarehouseResource], Awaitable[dg.AssetCheckResult]]
-
-
 STOCK_DAILY_CHECKS = (
     WindowCheck(
         "stock_daily_coverage_check",
@@ -296,29 +286,11 @@ STOCK_DAILY_CHECKS = (
 )
 
 
-def _window_check(
-    spec: WindowCheck, calendar: TradingCalendar, partitions: dg.PartitionsDefinition
-) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset="stock_daily",
-        name=spec.name,
-        partitions_def=partitions,
-        blocking=spec.blocking,
-        description=spec.description,
-    )
-    async def check(
-        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-    ) -> dg.AssetCheckResult:
-        return await spec.evaluate(runtime.window_of(context, calendar), warehouse)
-
-    return check
-
-
 def build_stock_daily_checks(
     calendar: TradingCalendar, partitions: dg.PartitionsDefinition
 ) -> list[dg.AssetChecksDefinition]:
     """SQL checks of stock_daily over the run's window (blocking ones stop downstream assets)."""
-    return [_window_check(spec, calendar, partitions) for spec in STOCK_DAILY_CHECKS]
+    return [window_check("stock_daily", spec, calendar, partitions) for spec in STOCK_DAILY_CHECKS]
 
 
 async def _reconcile(warehouse: WarehouseResource, sql: str, what: str) -> dg.AssetCheckResult:

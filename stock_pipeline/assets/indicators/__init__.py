@@ -6,13 +6,11 @@ from the state stored on the day before it, so earlier days must be there first:
 refuses a range with a hole before it and names the day to start from.
 """
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
 import dagster as dg
 
 from stock_pipeline.assets import runtime
 from stock_pipeline.assets.indicators import checks
+from stock_pipeline.assets.window_checks import WindowCheck, window_check
 from stock_pipeline.calendar import TradingCalendar
 from stock_pipeline.resources import WarehouseResource
 
@@ -48,48 +46,28 @@ def build_technical_daily(
     return technical_daily
 
 
-@dataclass(frozen=True)
-class WindowCheck:
-    name: str
-    description: str
-    evaluate: Callable[[runtime.Window, WarehouseResource], Awaitable[dg.AssetCheckResult]]
-
-
 TECHNICAL_DAILY_CHECKS = (
     WindowCheck(
         "technical_daily_rows_check",
         "One technical_daily row per stock_daily row of each day, and none without one.",
+        True,  # the cache must not publish indicators that fail either
         checks.rows_match_stock_daily,
     ),
     WindowCheck(
         "technical_daily_warm_up_check",
         "Every indicator has a value once the code has traded long enough for it (its "
         "warm-up), and traded_bars rises by the code's traded days.",
+        True,
         checks.warmed_up_values,
     ),
 )
 
 
-def _window_check(
-    spec: WindowCheck, calendar: TradingCalendar, partitions: dg.PartitionsDefinition
-) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset="technical_daily",
-        name=spec.name,
-        partitions_def=partitions,
-        blocking=True,  # the cache must not publish indicators that fail them
-        description=spec.description,
-    )
-    async def check(
-        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-    ) -> dg.AssetCheckResult:
-        return await spec.evaluate(runtime.window_of(context, calendar), warehouse)
-
-    return check
-
-
 def indicator_assets(
     calendar: TradingCalendar, partitions: dg.PartitionsDefinition
 ) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
-    checks = [_window_check(spec, calendar, partitions) for spec in TECHNICAL_DAILY_CHECKS]
+    checks = [
+        window_check("technical_daily", spec, calendar, partitions)
+        for spec in TECHNICAL_DAILY_CHECKS
+    ]
     return [build_technical_daily(calendar, partitions)], checks
