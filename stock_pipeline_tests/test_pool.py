@@ -625,7 +625,7 @@ def _start_child(sim: SimulatorServer) -> tuple[subprocess.Popen[str], list[int]
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_ctrl_c_logs_out_and_stops_every_worker(sim: SimulatorServer) -> None:
     """SIGINT to a process busy with an async pool: asyncio.run cancels the work, the pool's
     `async with` logs every session out and every worker process exits."""
@@ -633,7 +633,9 @@ def test_ctrl_c_logs_out_and_stops_every_worker(sim: SimulatorServer) -> None:
     child, pids = _start_child(sim)
     time.sleep(0.5)  # busy querying
     child.send_signal(signal.SIGINT)
-    out, _ = child.communicate(timeout=20)
+    # Seconds when the machine is idle; once over 20 s in a loaded CI run (the in-process
+    # simulator serves every logout).
+    out, _ = child.communicate(timeout=60)
     assert "interrupted" in out
     assert_gone(pids)
     assert sim.stats.requests["logout"] - before == 3
