@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from stock_pipeline import read
+from stock_pipeline.compute.daily import BAR_COLUMNS as DAILY_BAR_COLUMNS
 from stock_pipeline.read import MarketReader
 from stock_pipeline.settings import Settings
 from stock_pipeline.warehouse.tables import INDICATOR_COLUMNS
@@ -34,24 +35,7 @@ from stock_pipeline_tests.test_cache import (
     refresh,
 )
 
-BAR_COLUMNS = [
-    "open",
-    "high",
-    "low",
-    "close",
-    "pre_close",
-    "pct_chg",
-    "volume",
-    "amount",
-    "turnover",
-    "trade_status",
-    "is_st",
-    "pe_ttm",
-    "pb_mrq",
-    "ps_ttm",
-    "pcf_ncf_ttm",
-    "back_adjust_factor",
-]
+BAR_COLUMNS = [*DAILY_BAR_COLUMNS[2:], "back_adjust_factor"]  # stock_daily without its key
 FIRST_CACHED = pd.Timestamp(DAYS[-CACHED_BARS]).date()
 
 

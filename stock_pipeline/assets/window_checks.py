@@ -6,6 +6,7 @@ No `from __future__ import annotations` here: Dagster reads the check function's
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 
@@ -42,3 +43,13 @@ def window_check(
         return await spec.evaluate(window_of(context, calendar), warehouse)
 
     return check
+
+
+def check_result(passed: bool, metadata: dict[str, Any], failure: str) -> dg.AssetCheckResult:
+    """An ERROR-severity outcome whose description (`failure`) is shown only when it failed."""
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
+        description=None if passed else failure,
+    )

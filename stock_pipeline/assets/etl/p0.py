@@ -11,7 +11,7 @@ from typing import Any
 import dagster as dg
 
 from stock_pipeline.assets import runtime
-from stock_pipeline.assets.window_checks import WindowCheck, window_check
+from stock_pipeline.assets.window_checks import WindowCheck, check_result, window_check
 from stock_pipeline.calendar import TradingCalendar
 from stock_pipeline.resources import WarehouseResource
 
@@ -159,15 +159,6 @@ FROM built LEFT JOIN raw USING (code)
 """
 
 
-def _check(passed: bool, metadata: dict[str, Any], failure: str) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        passed=passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata=metadata,
-        description=None if passed else failure,
-    )
-
-
 async def coverage(window: runtime.Window, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     tolerance = warehouse.settings().coverage_tolerance
     async with warehouse.open() as wh:
@@ -197,7 +188,7 @@ async def coverage(window: runtime.Window, warehouse: WarehouseResource) -> dg.A
         problems.append(f"{len(over)} days miss bars of listed stocks beyond the tolerance")
     if unlisted:
         problems.append(f"{len(unlisted)} days have no listing in raw_all_stock")
-    return _check(not problems, metadata, "; ".join(problems))
+    return check_result(not problems, metadata, "; ".join(problems))
 
 
 async def ohlc_sanity(window: runtime.Window, warehouse: WarehouseResource) -> dg.AssetCheckResult:
@@ -212,7 +203,7 @@ async def ohlc_sanity(window: runtime.Window, warehouse: WarehouseResource) -> d
                 wh, "stock_daily", OHLC_EXAMPLES_SQL, window.start, window.end
             )
             metadata["examples"] = runtime.markdown_table(examples, rows=20)
-    return _check(bad == 0, metadata, f"{bad} rows break OHLC sanity")
+    return check_result(bad == 0, metadata, f"{bad} rows break OHLC sanity")
 
 
 async def key_uniqueness(
@@ -232,7 +223,7 @@ async def key_uniqueness(
     }
     if duplicates:
         metadata["examples"] = [f"{r['code']} {r['trade_date']} x{r['copies']}" for r in duplicates]
-    return _check(
+    return check_result(
         not unkeyed and not malformed,
         metadata,
         f"{len(unkeyed)} relations without a valid primary key, {malformed} malformed codes, "
@@ -247,7 +238,7 @@ async def raw_reconciliation(
         found = dict(await wh.copy_pool.fetchrow(RECONCILE_SQL, window.start, window.end))
     examples = found.pop("examples") or []
     bad = found["codes_without_raw_bars"] + found["codes_with_other_counts"]
-    return _check(
+    return check_result(
         bad == 0,
         {**found, "examples": examples},
         f"{bad} codes whose stock_daily rows do not match their raw bars, e.g. "
@@ -298,7 +289,7 @@ async def _reconcile(warehouse: WarehouseResource, sql: str, what: str) -> dg.As
     async with warehouse.open() as wh:
         counts = dict(await wh.copy_pool.fetchrow(sql))
     missing = counts["raw_rows"] - counts["matched"]
-    return _check(missing == 0, counts, f"{missing} {what} missing or different")
+    return check_result(missing == 0, counts, f"{missing} {what} missing or different")
 
 
 @dg.asset_check(asset="stocks", blocking=True, description="stocks has a row per raw security.")

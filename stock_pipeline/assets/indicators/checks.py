@@ -7,6 +7,7 @@ from typing import Any
 import dagster as dg
 
 from stock_pipeline.assets import runtime
+from stock_pipeline.assets.window_checks import check_result
 from stock_pipeline.resources import WarehouseResource
 
 # Per day: stock_daily rows, technical_daily rows, and keys in one but not the other.
@@ -22,15 +23,6 @@ FULL JOIN (SELECT code, trade_date FROM technical_daily WHERE trade_date BETWEEN
     USING (code, trade_date)
 GROUP BY 1 ORDER BY 1
 """
-
-
-def _check(passed: bool, metadata: dict[str, Any], failure: str) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        passed=passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata=metadata,
-        description=None if passed else failure,
-    )
 
 
 async def rows_match_stock_daily(
@@ -51,7 +43,7 @@ async def rows_match_stock_daily(
             f"{d['without_bar']} indicator rows without a bar, e.g. {', '.join(d['examples'])}"
             for d in bad[:10]
         ]
-    return _check(not bad, metadata, f"{len(bad)} days where technical_daily != stock_daily")
+    return check_result(not bad, metadata, f"{len(bad)} days where technical_daily != stock_daily")
 
 
 def warm_up_sql() -> str:
@@ -112,4 +104,4 @@ async def warmed_up_values(
             f"{broken} codes whose traded_bars do not rise by their traded days (e.g. "
             f"{', '.join(examples)})"
         )
-    return _check(not problems, metadata, "; ".join(problems))
+    return check_result(not problems, metadata, "; ".join(problems))
