@@ -19,18 +19,35 @@ def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record, ensure_ascii=False, default=str), flush=True)
 
 
-def server_url(given: str | None, settings: Settings) -> tuple[str, Callable[[], None]]:
-    """The server to use and how to let it go afterwards (an embedded server started here is
-    stopped again)."""
-    url = given or settings.database_url
+def _given_or_embedded(
+    url: str | None, embedded: Callable[[], Any]
+) -> tuple[str, Callable[[], None]]:
+    """`url` when set, else the embedded server `embedded()` makes, started here; and how to
+    let it go afterwards (a server started here is stopped again)."""
     if url:
         return url, lambda: None
-    from stock_pipeline.embedded.postgres import EmbeddedPostgres
-
-    server = EmbeddedPostgres(settings.home / "postgres")
+    server = embedded()
     was_running = server.is_running()
     server.start()
     return server.url(), (lambda: None) if was_running else server.stop
+
+
+def server_url(given: str | None, settings: Settings) -> tuple[str, Callable[[], None]]:
+    """The PostgreSQL server to use and how to let it go afterwards."""
+    from stock_pipeline.embedded.postgres import EmbeddedPostgres
+
+    return _given_or_embedded(
+        given or settings.database_url, lambda: EmbeddedPostgres(settings.home / "postgres")
+    )
+
+
+def redis_server(given: str | None, settings: Settings) -> tuple[str, Callable[[], None]]:
+    """The Redis to use and how to let it go afterwards."""
+    from stock_pipeline.embedded.redis import EmbeddedRedis
+
+    return _given_or_embedded(
+        given or settings.redis_url, lambda: EmbeddedRedis(settings.home / "redis")
+    )
 
 
 @contextlib.asynccontextmanager

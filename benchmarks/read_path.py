@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import redis
-from common import emit, scratch_database, server_url
+from common import emit, redis_server, scratch_database, server_url
 from sqlalchemy import create_engine, text
 
 from stock_pipeline.cache.refresh import RefreshResult, refresh_cache
@@ -326,19 +326,6 @@ def remove_keys(redis_url: str, prefix: str) -> int:
         return len(keys)
     finally:
         client.close()
-
-
-def redis_server(given: str | None, settings: Settings) -> tuple[str, Callable[[], None]]:
-    """The Redis to use and how to let it go (an embedded server started here is stopped)."""
-    url = given or settings.redis_url
-    if url:
-        return url, lambda: None
-    from stock_pipeline.embedded.redis import EmbeddedRedis
-
-    server = EmbeddedRedis(settings.home / "redis")
-    was_running = server.is_running()
-    server.start()
-    return server.url(), (lambda: None) if was_running else server.stop
 
 
 def run(args: argparse.Namespace, settings: Settings, url: str, redis_url: str) -> dict[str, Any]:
