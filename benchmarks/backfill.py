@@ -47,6 +47,7 @@ from stock_pipeline.baostock.pool import BaostockPool, PoolConfig
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorProcess
 from stock_pipeline.calendar import load_calendar
 from stock_pipeline.instance import embedded_storage_url, prepare_instance
+from stock_pipeline.settings import Settings
 
 SELECTION = "group:p0 or group:etl or group:indicators or group:cache"
 RAW_ASSETS = ("raw_trade_dates", "raw_stock_basic", "raw_all_stock", "raw_k_daily",
@@ -274,7 +275,7 @@ def main() -> None:
             migrate.upgrade(url)
             # The Dagster instance as the demo keeps it: run storage in its own database on the
             # embedded PostgreSQL.
-            dagster_home = prepare_instance(home, embedded_storage_url(postgres))
+            dagster_home = prepare_instance(home, embedded_storage_url(postgres), Settings())
             env = {
                 **os.environ,
                 "DAGSTER_HOME": str(dagster_home),

@@ -25,12 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from stock_pipeline.calendar import NotATradingDayError, TradingCalendar, load_calendar
-from stock_pipeline.instance import prepare_instance
+from stock_pipeline.local import (
+    LocalStackError,
+    Services,
+    migrate_warehouse,
+    open_instance,
+    prepare_dagster_home,
+    start_services,
+    start_simulator,
+)
 from stock_pipeline.settings import Settings
 
 DEFAULT_CODES = 500
 DEFAULT_MONTHS = 3
-SIMULATOR_QPS = "2000"  # the simulator is local: BaoStock's politeness limit does not apply
 REFERENCE_ASSETS = ("raw_trade_dates", "raw_stock_basic", "trade_calendar", "stocks")
 DAILY_ASSETS = (
     "raw_all_stock",
@@ -81,20 +88,10 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-@dataclass
-class Services:
-    """URLs the runs use, and what the demo started (and so stops)."""
-
-    env: dict[str, str]
-    dagster_storage_url: str | None = None  # None: Dagster's SQLite files
-    started: list[Any] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         return _demo(args)
-    except (DemoError, NotATradingDayError) as exc:
+    except (DemoError, NotATradingDayError, LocalStackError) as exc:
         print(f"stock-pipeline demo: error: {exc}", file=sys.stderr)
         return 2
 
@@ -109,16 +106,15 @@ def _demo(args: argparse.Namespace) -> int:
             calendar.require_session(day, what)  # fail before starting anything
     end = _default_end(calendar, settings) if args.end is None else args.end
     with contextlib.ExitStack() as stack:
-        services = _start_services(settings, stack)
+        services = start_services(settings, stack)
         if args.source == "simulator":
-            _start_simulator(args, end, services, stack)
+            start_simulator(services, stack, args.codes, args.seed, end)
         else:
             where = os.environ.get("STOCK_PIPELINE_BAOSTOCK_ENDPOINT") or "the real service"
             services.notes.append(f"BaoStock: {where}, every listed stock")
-        _migrate(services.env["STOCK_PIPELINE_DATABASE_URL"])
-        instance = prepare_instance(home, services.dagster_storage_url)
-        services.env["DAGSTER_HOME"] = str(instance)
-        dagster = stack.enter_context(_instance(instance))  # storage ready before any run
+        migrate_warehouse(services.env["STOCK_PIPELINE_DATABASE_URL"])
+        instance = prepare_dagster_home(settings, services)
+        dagster = stack.enter_context(open_instance(instance))  # storage ready before any run
         for note in services.notes:
             print(f"demo: {note}")
         outcome = Outcome()
@@ -165,67 +161,6 @@ def _months_before(calendar: TradingCalendar, end: dt.date, months: int) -> dt.d
     first = calendar.first_session_on_or_after(same_day + dt.timedelta(days=1))
     assert first is not None
     return first
-
-
-def _start_services(settings: Settings, stack: contextlib.ExitStack) -> Services:
-    from stock_pipeline.embedded.postgres import EmbeddedPostgres
-    from stock_pipeline.embedded.redis import EmbeddedRedis
-    from stock_pipeline.instance import embedded_storage_url
-    from stock_pipeline.warehouse.engine import WAREHOUSE_DATABASE
-    from stock_pipeline.warehouse.urls import display_url
-
-    env = dict(os.environ)
-    env["STOCK_PIPELINE_HOME"] = str(settings.home)
-    services = Services(env)
-    if settings.database_url:
-        url = settings.database_url
-        services.notes.append(f"warehouse: {display_url(url)} (configured)")
-    else:
-        postgres = EmbeddedPostgres(settings.home / "postgres")
-        _start_embedded(postgres, services, stack)
-        url = postgres.ensure_database(WAREHOUSE_DATABASE)
-        services.dagster_storage_url = embedded_storage_url(postgres)
-        services.notes.append(f"warehouse: embedded PostgreSQL at {display_url(url)}")
-    env["STOCK_PIPELINE_DATABASE_URL"] = url
-    if settings.redis_url:
-        services.notes.append(f"Redis cache: {display_url(settings.redis_url)} (configured)")
-    else:
-        redis = EmbeddedRedis(settings.home / "redis")
-        _start_embedded(redis, services, stack)
-        env["STOCK_PIPELINE_REDIS_URL"] = redis.url()
-        services.notes.append(f"Redis cache: embedded at {redis.url()}")
-    return services
-
-
-def _start_embedded(server: Any, services: Services, stack: contextlib.ExitStack) -> None:
-    if server.is_running():
-        return
-    server.start()
-    services.started.append(server)
-    stack.callback(server.stop)
-
-
-def _start_simulator(
-    args: argparse.Namespace, end: dt.date, services: Services, stack: contextlib.ExitStack
-) -> None:
-    from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorProcess
-
-    if args.codes < 2:
-        raise DemoError("--codes must be at least 2")
-    config = SimulatorConfig(seed=args.seed, n_codes=args.codes, end=end)
-    simulator = stack.enter_context(SimulatorProcess(config))
-    services.env["STOCK_PIPELINE_BAOSTOCK_ENDPOINT"] = simulator.endpoint
-    services.env.setdefault("STOCK_PIPELINE_BAOSTOCK_QPS", SIMULATOR_QPS)
-    services.notes.append(
-        f"BaoStock: simulator at {simulator.endpoint} ({args.codes} stocks, seed {args.seed}, "
-        f"data through {end})"
-    )
-
-
-def _migrate(url: str) -> None:
-    from stock_pipeline.warehouse import migrate
-
-    migrate.upgrade(url)
 
 
 @dataclass
@@ -297,19 +232,6 @@ def _child(command: list[str], env: dict[str, str], log: Any) -> Iterator[subpro
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
-
-
-@contextlib.contextmanager
-def _instance(dagster_home: Path) -> Iterator[Any]:
-    """The demo's handle on the instance (schema created now, connections closed at the end)."""
-    from dagster import DagsterInstance
-
-    os.environ["DAGSTER_HOME"] = str(dagster_home)
-    instance = DagsterInstance.get()
-    try:
-        yield instance
-    finally:
-        instance.dispose()
 
 
 def _follow(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from stock_pipeline.settings import Settings
+
 DAGSTER_DATABASE = "dagster"
 DAGSTER_FOLDER = "dagster"
 
@@ -30,27 +32,47 @@ def apply_event_settings() -> None:
         os.environ.setdefault(name, value)
 
 
-def instance_yaml(storage_url: str | None) -> str:
+def instance_yaml(storage_url: str | None, settings: Settings) -> str:
+    """dagster.yaml: storage, the run queue, the `baostock` pool and run retries."""
     lines = [
-        "# Written by stock-pipeline: the Dagster instance of this STOCK_PIPELINE_HOME.",
+        "# Written by stock-pipeline from the STOCK_PIPELINE_* settings: the Dagster instance of",
+        "# this STOCK_PIPELINE_HOME. Edits are overwritten; change the settings instead.",
         "telemetry:",
         "  enabled: false",
         "python_logs:",
         "  # The pipeline's own progress lines (batches, retries) go to each run's event log.",
         "  managed_python_loggers: [stock_pipeline]",
         "  python_log_level: INFO",
+        "concurrency:",
+        "  runs:",
+        "    # Runs beyond this wait in the queue (a 5-year range run peaks near 1.3 GB).",
+        f"    max_concurrent_runs: {settings.max_concurrent_runs}",
+        "  pools:",
+        "    # Enforced per step: a run waits for a slot only while it would open sessions.",
+        "    granularity: op",
+        "    # Every raw step is in the `baostock` pool and opens up to BAOSTOCK_CONCURRENCY",
+        "    # sessions: the limit keeps all runs together within BAOSTOCK_SESSION_BUDGET",
+        f"    # ({settings.baostock_pool_limit} x {settings.baostock_concurrency} <= "
+        f"{settings.baostock_session_budget}). The only pool, so the default limit is its limit.",
+        f"    default_limit: {settings.baostock_pool_limit}",
+        "run_retries:",
+        "  # A run whose worker died is retried; a failed asset is retried by its own retry",
+        "  # policy (with backoff) inside the run, never a second time by the run.",
+        f"  enabled: {'true' if settings.run_retries else 'false'}",
+        f"  max_retries: {settings.run_retries}",
+        "  retry_on_asset_or_op_failure: false",
     ]
     if storage_url:
         lines += ["storage:", "  postgres:", f"    postgres_url: {storage_url}"]
     return "\n".join(lines) + "\n"
 
 
-def prepare_instance(home: Path, storage_url: str | None) -> Path:
+def prepare_instance(home: Path, storage_url: str | None, settings: Settings) -> Path:
     """`<home>/dagster` with a dagster.yaml for `storage_url` (a postgresql+psycopg2:// URL, or
-    None for SQLite files); returns the folder to use as DAGSTER_HOME."""
+    None for SQLite files) and `settings`; returns the folder to use as DAGSTER_HOME."""
     folder = home / DAGSTER_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "dagster.yaml").write_text(instance_yaml(storage_url), encoding="utf-8")
+    (folder / "dagster.yaml").write_text(instance_yaml(storage_url, settings), encoding="utf-8")
     return folder
 
 
@@ -71,3 +93,45 @@ def embedded_storage_url(postgres) -> str:  # postgres: EmbeddedPostgres
     finally:
         conn.close()
     return sqlalchemy_url(url, "psycopg2").render_as_string(hide_password=False)
+
+
+def external_storage_url(settings: Settings, warehouse_url: str) -> str:
+    """Dagster's storage beside an external warehouse: STOCK_PIPELINE_DAGSTER_DATABASE_URL, else
+    a `dagster` database on the warehouse's server (created if the role may; otherwise the
+    error says to set the variable)."""
+    import psycopg2
+    from psycopg2 import errors, sql
+
+    from stock_pipeline.warehouse.urls import asyncpg_dsn, display_url, sqlalchemy_url
+
+    if settings.dagster_database_url:
+        return _psycopg2_url(settings.dagster_database_url)
+    conn = psycopg2.connect(asyncpg_dsn(warehouse_url), connect_timeout=10)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DAGSTER_DATABASE,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DAGSTER_DATABASE)))
+    except errors.InsufficientPrivilege as exc:
+        raise DagsterStorageError(
+            f"cannot create database {DAGSTER_DATABASE!r} for Dagster's runs on "
+            f"{display_url(warehouse_url)} ({exc.pgerror or exc}): create it, or set "
+            "STOCK_PIPELINE_DAGSTER_DATABASE_URL to a database Dagster may use"
+        ) from exc
+    except errors.DuplicateDatabase:
+        pass  # created by another process between the check and the create
+    finally:
+        conn.close()
+    url = sqlalchemy_url(warehouse_url, "psycopg2", database=DAGSTER_DATABASE)
+    return url.render_as_string(hide_password=False)
+
+
+def _psycopg2_url(url: str) -> str:
+    from stock_pipeline.warehouse.urls import sqlalchemy_url
+
+    return sqlalchemy_url(url, "psycopg2").render_as_string(hide_password=False)
+
+
+class DagsterStorageError(RuntimeError):
+    """Dagster's storage database cannot be prepared; the message says what to do."""

@@ -57,7 +57,9 @@ class BaostockResource(dg.ConfigurableResource):
             overrides["baostock_user"] = self.user
         if self.password:
             overrides["baostock_password"] = self.password
-        return dataclasses.replace(base, **overrides)
+        settings = dataclasses.replace(base, **overrides)
+        settings.require_consistent()  # a launchpad concurrency above the session budget
+        return settings
 
     @asynccontextmanager
     async def pool(self) -> AsyncIterator[BaostockPool]:

@@ -20,6 +20,9 @@ CACHE_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
 CACHE_MIN_TTL_S = 120
 
 
+URL_FIELDS = ("database_url", "redis_url", "dagster_database_url")
+
+
 class SettingsError(ValueError):
     """A STOCK_PIPELINE_* variable holds a value the pipeline cannot use."""
 
@@ -94,6 +97,29 @@ class Settings:
     # Every cache key starts with `{cache_prefix}:`, so several pipelines can share one Redis.
     cache_prefix: str = "stock_pipeline"
 
+    # Dagster's own storage (runs, event logs, schedules): a PostgreSQL database apart from the
+    # warehouse. None: a `dagster` database on the embedded server, or on the warehouse's server
+    # when DATABASE_URL is set.
+    dagster_database_url: str | None = None
+    # Runs the instance's queue starts at once: a 5-year range run peaks near 1.3 GB.
+    max_concurrent_runs: int = 2
+    # BaoStock sessions all runs together may hold (BaoStock blacklists clients that open too
+    # many): the `baostock` pool admits budget // baostock_concurrency raw steps at a time.
+    baostock_session_budget: int = 4
+    # A run whose worker crashed is retried this often; failed assets retry by their own policy.
+    run_retries: int = 2
+
+    # Automation. The daily run requests the day's partition at this Shanghai time on trading
+    # days (BaoStock has published the day by then); the daily assets are overdue after the
+    # deadline.
+    daily_run_time: dt.time = dt.time(17, 30)
+    freshness_deadline: dt.time = dt.time(18, 30)
+    # The integrity sensor checks this many latest trading days, every interval, and requests a
+    # gap it already requested again only after the cooldown (a filled-then-lost gap at once).
+    integrity_days: int = 30
+    integrity_interval_s: int = 600
+    integrity_retry_cooldown_s: int = 3600
+
     log_level: str = "INFO"
 
     def __repr__(self) -> str:
@@ -102,7 +128,7 @@ class Settings:
         for spec in fields(self):
             if spec.repr:
                 value = getattr(self, spec.name)
-                if spec.name in ("database_url", "redis_url") and value is not None:
+                if spec.name in URL_FIELDS and value is not None:
                     value = redact_url(value)
                 shown.append(f"{spec.name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
@@ -112,7 +138,7 @@ class Settings:
         env = os.environ if env is None else env
         reader = _EnvReader(env)
         defaults = cls()
-        return cls(
+        settings = cls(
             database_url=reader.url("DATABASE_URL", ("postgresql", "postgres")),
             redis_url=reader.url("REDIS_URL", ("redis", "rediss", "unix")),
             baostock_endpoint=reader.endpoint("BAOSTOCK_ENDPOINT"),
@@ -161,10 +187,51 @@ class Settings:
             ),
             cache_bars=reader.integer("CACHE_BARS", defaults.cache_bars, minimum=1),
             cache_prefix=reader.cache_prefix("CACHE_PREFIX", defaults.cache_prefix),
+            dagster_database_url=reader.url("DAGSTER_DATABASE_URL", ("postgresql", "postgres")),
+            max_concurrent_runs=reader.integer(
+                "MAX_CONCURRENT_RUNS", defaults.max_concurrent_runs, minimum=1
+            ),
+            baostock_session_budget=reader.integer(
+                "BAOSTOCK_SESSION_BUDGET", defaults.baostock_session_budget, minimum=1
+            ),
+            run_retries=reader.integer("RUN_RETRIES", defaults.run_retries, minimum=0),
+            daily_run_time=reader.time_of_day("DAILY_RUN_TIME", defaults.daily_run_time),
+            freshness_deadline=reader.time_of_day(
+                "FRESHNESS_DEADLINE", defaults.freshness_deadline
+            ),
+            integrity_days=reader.integer("INTEGRITY_DAYS", defaults.integrity_days, minimum=1),
+            integrity_interval_s=reader.integer(
+                "INTEGRITY_INTERVAL_S", defaults.integrity_interval_s, minimum=30
+            ),
+            integrity_retry_cooldown_s=reader.integer(
+                "INTEGRITY_RETRY_COOLDOWN_S", defaults.integrity_retry_cooldown_s, minimum=0
+            ),
             log_level=reader.choice(
                 "LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
         )
+        settings.require_consistent()
+        return settings
+
+    def require_consistent(self) -> None:
+        """Settings that are each fine but contradict one another."""
+        if self.baostock_session_budget < self.baostock_concurrency:
+            raise SettingsError(
+                f"{ENV_PREFIX}BAOSTOCK_SESSION_BUDGET ({self.baostock_session_budget}) is below "
+                f"{ENV_PREFIX}BAOSTOCK_CONCURRENCY ({self.baostock_concurrency}): one raw step "
+                "alone would exceed it; raise the budget or lower the concurrency"
+            )
+        if self.freshness_deadline <= self.daily_run_time:
+            raise SettingsError(
+                f"{ENV_PREFIX}FRESHNESS_DEADLINE ({self.freshness_deadline:%H:%M}) must be after "
+                f"{ENV_PREFIX}DAILY_RUN_TIME ({self.daily_run_time:%H:%M})"
+            )
+
+    @property
+    def baostock_pool_limit(self) -> int:
+        """Raw steps the `baostock` pool admits at once across runs: each opens up to
+        baostock_concurrency sessions, so together they stay within the session budget."""
+        return self.baostock_session_budget // self.baostock_concurrency
 
 
 class _EnvReader:
@@ -227,6 +294,15 @@ class _EnvReader:
         if value < minimum:
             raise self._fail(name, f"a date on or after {minimum}", raw)
         return value
+
+    def time_of_day(self, name: str, default: dt.time) -> dt.time:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", raw)
+        if match is None:
+            raise self._fail(name, "a time HH:MM (Asia/Shanghai)", raw)
+        return dt.time(int(match.group(1)), int(match.group(2)))
 
     def text(self, name: str, default: str) -> str:
         raw = self._raw(name)
