@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stock-pipeline",
         description="BaoStock A-share market data into PostgreSQL and Redis, run by Dagster.",
     )
+    from stock_pipeline import __version__  # the git tag this installation was built from
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--log-level",
         type=str.upper,
