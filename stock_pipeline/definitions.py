@@ -1,4 +1,5 @@
-"""The Dagster code location (workspace.yaml loads it): assets, checks, resources, executor.
+"""The Dagster code location (workspace.yaml loads it): assets, checks, resources, executor,
+and the automation that runs them (the daily job and schedule, the integrity sensor).
 
 Everything is built from the settings read here, once: the trading calendar (bundled XSHG,
 extended by the stored BaoStock calendar under STOCK_PIPELINE_HOME) gives the trading-day
@@ -17,6 +18,7 @@ from stock_pipeline.assets.indicators import indicator_assets
 from stock_pipeline.assets.partitions import build_trading_day_partitions
 from stock_pipeline.assets.raw import BAOSTOCK_STEP_TAG, raw_assets
 from stock_pipeline.assets.raw.checks import P0_CHECKS
+from stock_pipeline.automation import build_automation
 from stock_pipeline.calendar import load_calendar
 from stock_pipeline.instance import apply_event_settings
 from stock_pipeline.resources import BaostockResource, CacheResource, WarehouseResource
@@ -55,12 +57,27 @@ def build_definitions(
     etl, etl_checks = etl_assets(calendar, partitions)
     indicators, indicator_checks = indicator_assets(calendar, partitions)
     cache, cache_checks = cache_assets(calendar, partitions)
+    automation = build_automation(calendar, partitions, settings)
+    assets = [*raw_assets(calendar, partitions), *etl, *indicators, *cache]
     return dg.Definitions(
-        assets=[*raw_assets(calendar, partitions), *etl, *indicators, *cache],
+        assets=[_with_freshness(a, automation.freshness) for a in assets],
         asset_checks=[*P0_CHECKS, *etl_checks, *indicator_checks, *cache_checks],
+        jobs=automation.jobs,
+        schedules=automation.schedules,
+        sensors=automation.sensors,
         resources=resources if resources is not None else default_resources(),
         executor=EXECUTOR,
     )
+
+
+def _with_freshness(
+    asset: dg.AssetsDefinition, policies: dict[str, dg.FreshnessPolicy]
+) -> dg.AssetsDefinition:
+    def apply(spec: dg.AssetSpec) -> dg.AssetSpec:
+        policy = policies.get(spec.key.to_user_string())
+        return spec if policy is None else spec.replace_attributes(freshness_policy=policy)
+
+    return asset.map_asset_specs(apply)
 
 
 apply_event_settings()

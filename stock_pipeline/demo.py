@@ -141,13 +141,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _default_end(calendar: TradingCalendar, settings: Settings) -> dt.date:
-    """The latest trading day whose partition exists now (Shanghai time)."""
-    from stock_pipeline.assets.partitions import build_trading_day_partitions, partition_day
+    """The latest trading day BaoStock has published (Shanghai time)."""
+    from stock_pipeline.assets.partitions import latest_published_day
 
-    last = build_trading_day_partitions(calendar, settings.start_date).get_last_partition_key()
-    if last is None:
-        raise DemoError("no trading day has ended yet since STOCK_PIPELINE_START_DATE")
-    return partition_day(last)
+    last = latest_published_day(calendar, settings.daily_run_time)
+    if last is None or last < settings.start_date:
+        raise DemoError("no trading day has been published yet since STOCK_PIPELINE_START_DATE")
+    return last
 
 
 def _months_before(calendar: TradingCalendar, end: dt.date, months: int) -> dt.date:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from stock_pipeline.assets import runtime
+from stock_pipeline.assets.partitions import NotPublishedError, require_published
 from stock_pipeline.assets.raw.job import RawJob, RawSync, SyncError, SyncFunction
 from stock_pipeline.calendar import TradingCalendar
 from stock_pipeline.resources import BaostockResource, WarehouseResource
@@ -20,6 +21,7 @@ from stock_pipeline.warehouse.tables import RAW_DATASETS, RawDataset
 
 if TYPE_CHECKING:
     from stock_pipeline.baostock.pool import BaostockPool
+    from stock_pipeline.settings import Settings
 
 
 def _sync(module: str, function: str) -> SyncFunction:
@@ -85,6 +87,8 @@ def build_raw_asset(
         window = runtime.window_of(context, calendar) if sync.partitioned else None
         report = runtime.Report(spec.table, window)
         settings = baostock.settings()
+        if window is not None:
+            _require_published(calendar, window, settings)
         async with runtime.open_pool_and_warehouse(baostock, warehouse) as (pool, wh):
             job = RawJob(spec.table, context, window, pool, wh, calendar, settings, report)
             try:
@@ -107,6 +111,15 @@ def build_raw_asset(
         return report.result()
 
     return raw_asset
+
+
+def _require_published(
+    calendar: TradingCalendar, window: runtime.Window, settings: "Settings"
+) -> None:
+    try:
+        require_published(calendar, window.end, settings.daily_run_time)
+    except NotPublishedError as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
 
 
 async def _sync_and_count(job: RawJob, sync: RawSync, pool: "BaostockPool") -> None:

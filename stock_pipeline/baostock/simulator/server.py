@@ -128,6 +128,7 @@ class SimulatorStats:
     active_connections: int = 0
     total_connections: int = 0
     reused_results: int = 0  # pages cut from the connection's previous result, not recomputed
+    peak_connections: int = 0  # most connections open at once: BaoStock sessions held together
 
     @property
     def total_requests(self) -> int:
@@ -144,6 +145,7 @@ class SimulatorStats:
                     self.active_connections,
                     self.total_connections,
                     self.reused_results,
+                    self.peak_connections,
                 )
             except RuntimeError:
                 continue
@@ -189,6 +191,9 @@ class _Protocol:
         conn_id = self._next_connection
         self.stats.active_connections += 1
         self.stats.total_connections += 1
+        self.stats.peak_connections = max(
+            self.stats.peak_connections, self.stats.active_connections
+        )
         self.writers.add(writer)
         session: dict[str, Any] = {"user": None, "requests": 0}
         try:
