@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     from stock_pipeline.demo import register as register_demo
 
     register_demo(sub)
+    from stock_pipeline.service import register as register_service
+
+    register_service(sub)
     try:
         from stock_pipeline.baostock.simulator.cli import register
     except ImportError:

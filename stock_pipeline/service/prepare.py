@@ -51,7 +51,13 @@ def main() -> int:
 
     try:
         notes = prepare(Settings.from_env())
-    except (SettingsError, EmbeddedServiceError, DagsterStorageError, psycopg2.Error) as exc:
+    except (
+        SettingsError,
+        EmbeddedServiceError,
+        DagsterStorageError,
+        psycopg2.Error,
+        OSError,
+    ) as exc:
         print(f"stock-pipeline service: cannot prepare the start: {exc}", file=sys.stderr)
         return 2
     for note in notes:
