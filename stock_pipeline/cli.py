@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     from stock_pipeline.service import register as register_service
 
     register_service(sub)
+    from stock_pipeline.backfill import register as register_backfill
+
+    register_backfill(sub)
+    from stock_pipeline.status import register as register_status
+
+    register_status(sub)
     try:
         from stock_pipeline.baostock.simulator.cli import register
     except ImportError:

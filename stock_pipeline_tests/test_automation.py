@@ -282,6 +282,32 @@ def test_downtime_is_filled_without_refetching_present_days(
     assert sensor.requested(LAST) == []
 
 
+@pytest.mark.slow
+def test_backfill_command_fills_only_the_gaps_and_status_names_them(
+    make_pipeline: Callable[..., Pipeline], capsys: pytest.CaptureFixture[str]
+):
+    from stock_pipeline.cli import main
+
+    pipeline = make_pipeline(through=D(2024, 6, 28))
+    deleted = D(2024, 6, 19)
+    pipeline.query("DELETE FROM stock_daily WHERE trade_date = %s", deleted)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in pipeline.env.items():
+            patch.setenv(name, value)
+        assert main(["backfill", "--start", "2024-06-17", "--end", "2024-06-28"]) == 0
+        out = capsys.readouterr().out
+        assert "1 run(s) to fill:\n  2024-06-19: stock_daily, technical_daily, redis_cache" in out
+        assert "[" + "#" * 30 + "] 1/1" in out  # the progress bar, full
+        assert pipeline.query("SELECT count(*) FROM stock_daily WHERE trade_date = %s", deleted)
+        assert main(["backfill", "--start", "2024-06-17", "--end", "2024-06-28"]) == 0
+        assert "nothing to do: 2024-06-17..2024-06-28 is complete" in capsys.readouterr().out
+        assert main(["backfill", "--start", "2024-06-17", "--end", "2099-01-05"]) == 2
+        assert "is not published yet" in capsys.readouterr().err
+        assert main(["backfill", "--start", "2024-06-17", "--end", "2024-06-28",
+                     "--select", "nope"]) == 2  # fmt: skip
+        assert "unknown daily asset(s) nope" in capsys.readouterr().err
+
+
 def sensor_log(sensor: Sensor, day: dt.date) -> str:
     """The tick's skip message (what its log line also says)."""
     return sensor.tick(day).skip_message or ""
@@ -329,19 +355,18 @@ def _overlapping_raw_runs(
         )
         env = {**os.environ, **pipeline.env, "DAGSTER_HOME": str(home)}
         command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m",
-                   "stock_pipeline.definitions", "--select", "raw_k_daily", "--partition-range"]  # fmt: skip
+                   "stock_pipeline.definitions", "--select", "raw_k_daily",
+                   "--partition-range"]  # fmt: skip
         ranges = ("2024-06-03...2024-06-07", "2024-06-11...2024-06-14")
+        logs = [tmp_path / f"run{i}.log" for i in range(len(ranges))]
         children = [
-            subprocess.Popen(
-                [*command, r], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-            for r in ranges
+            subprocess.Popen([*command, r], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+            for r, log in zip(ranges, logs, strict=True)
         ]
         codes = [child.wait(timeout=240) for child in children]
-        for child in children:
-            out = child.stdout.read() if child.stdout else ""
-            if child.returncode:
-                print(out[-3000:])
+        for code, log in zip(codes, logs, strict=True):
+            if code:
+                print(log.read_text()[-3000:])
         return sim.stats.peak_connections, codes
 
 

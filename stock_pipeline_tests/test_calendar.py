@@ -102,7 +102,9 @@ def test_partition_keys_are_the_sessions():
     cal = tc.load_calendar(None)
     partitions = build_trading_day_partitions(cal, D(2015, 1, 1))
     keys = partitions.get_partition_keys(current_time=dt.datetime(2026, 12, 1, 12))
-    expected = [d.isoformat() for d in cal.sessions_between(D(2015, 1, 1), D(2026, 11, 30))]
+    # Today's partition exists from 00:00 Shanghai (end_offset=1: the schedule requests it at
+    # 17:30); 12:00 UTC is 20:00 there.
+    expected = [d.isoformat() for d in cal.sessions_between(D(2015, 1, 1), D(2026, 12, 1))]
     assert keys == expected
     assert keys[0] == "2015-01-05"  # 2015-01-01..04 were closed
     assert "2025-01-01" not in keys and "2025-10-08" not in keys  # holidays
@@ -119,8 +121,8 @@ def test_no_partition_past_the_known_calendar(tmp_path: Path):
     sessions = _store_2027(tmp_path)
     extended = build_trading_day_partitions(tc.load_calendar(tmp_path), D(2026, 12, 1))
     keys = extended.get_partition_keys(current_time=late)
-    assert keys[-1] == "2027-05-31"  # the last session before "now"
+    assert keys[-1] == "2027-06-01"  # "now" is a session: its partition exists (end_offset)
     assert [k for k in keys if k >= "2027"] == [
-        d.isoformat() for d in sessions if D(2027, 1, 1) <= d <= D(2027, 5, 31)
+        d.isoformat() for d in sessions if D(2027, 1, 1) <= d <= D(2027, 6, 1)
     ]
     assert "2027-02-08" not in keys
