@@ -2,7 +2,7 @@
 end, on this machine, and a read of the result through stock_pipeline.read.
 
 Starts what is missing (a BaoStock simulator, the embedded PostgreSQL and Redis), migrates the
-warehouse, keeps a Dagster instance under STOCK_PIPELINE_HOME/dagster (so `dagster dev` shows
+warehouse, keeps a Dagster instance under STOCK_PIPELINE_HOME/dagster (so `stock-pipeline dev` shows
 these runs later), and materializes the graph through Dagster's own `dagster asset materialize`
 in two runs: the calendar and listings first (the stored calendar may extend the partitions),
 then the trading-day range. Progress comes from the run's event log; a summary ends it. What
@@ -214,4 +214,4 @@ def _summary(services: Services, outcome: Outcome, seconds: float, home: Path) -
         print("  the demo stopped the embedded servers it started; bring them back with")
         print("    uv run stock-pipeline services start")
     print(f"  psql {display_url(url)}")
-    print(f"  DAGSTER_HOME={home / 'dagster'} uv run dagster dev   # these runs, in the UI")
+    print("  uv run stock-pipeline dev --simulator   # these runs in the UI, with the daemon")
