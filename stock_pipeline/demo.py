@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stock_pipeline.automation.daily import DAILY_ASSETS, REFERENCE_ASSETS
 from stock_pipeline.calendar import NotATradingDayError, TradingCalendar, load_calendar
 from stock_pipeline.local import (
     LocalStackError,
@@ -35,15 +36,6 @@ from stock_pipeline.settings import Settings
 
 DEFAULT_CODES = 500
 DEFAULT_MONTHS = 3
-REFERENCE_ASSETS = ("raw_trade_dates", "raw_stock_basic", "trade_calendar", "stocks")
-DAILY_ASSETS = (
-    "raw_all_stock",
-    "raw_k_daily",
-    "raw_adjust_factor",
-    "stock_daily",
-    "technical_daily",
-    "redis_cache",
-)
 TABLES = (
     *REFERENCE_ASSETS[:2],
     *DAILY_ASSETS[:3],
