@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     from stock_pipeline.service import register as register_service
 
     register_service(sub)
+    from stock_pipeline.dev import register as register_dev
+
+    register_dev(sub)
     from stock_pipeline.backfill import register as register_backfill
 
     register_backfill(sub)
