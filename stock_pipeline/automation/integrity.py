@@ -30,6 +30,7 @@ from dagster._core.storage.tags import (
 
 from stock_pipeline.assets.partitions import DATE_FORMAT, latest_published_day, partition_day
 from stock_pipeline.automation import gaps as gap_rules
+from stock_pipeline.automation.daily import REFERENCE_ASSETS
 from stock_pipeline.calendar import TradingCalendar
 from stock_pipeline.resources import WarehouseResource
 from stock_pipeline.settings import Settings
@@ -193,6 +194,8 @@ def build_integrity_sensor(
             gaps, busy, requested, now.timestamp(), settings.integrity_retry_cooldown_s
         )
         runs = gap_rules.group_runs(wanted, days)
+        if runs and not listings_stored(warehouse):  # a new warehouse: listings first
+            runs = [(REFERENCE_ASSETS + selection, a, b) for selection, a, b in runs]
         requests = run_requests(runs, job_name, now.timestamp())
         summary = describe(gaps, days) + (f"; held back: {', '.join(notes)}" if notes else "")
         context.log.info(
@@ -204,6 +207,22 @@ def build_integrity_sensor(
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor))
 
     return integrity_sensor
+
+
+def listings_stored(warehouse: WarehouseResource) -> bool:
+    """Whether raw_stock_basic holds the listings (the raw bars need them)."""
+    import psycopg2
+
+    from stock_pipeline.warehouse.engine import warehouse_url
+    from stock_pipeline.warehouse.urls import asyncpg_dsn
+
+    connection = psycopg2.connect(asyncpg_dsn(warehouse_url(warehouse.settings())))
+    try:
+        with connection.cursor() as cur:
+            cur.execute("SELECT EXISTS (SELECT 1 FROM raw_stock_basic)")
+            return bool(cur.fetchone()[0])
+    finally:
+        connection.close()
 
 
 def find_warehouse_gaps(
