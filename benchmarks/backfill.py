@@ -16,7 +16,17 @@ warehouse.
 3. indicator throughput: bars per second of compute/indicators.py over every stored bar (in
    the asset's code batches) against the original's way, pandas one stock at a time with KDJ
    in a Python loop (indicator_baseline.py), on a sample of codes;
-4. fetch stage alone against a simulator with 50 ms latency and 8 sessions: requests/s against
+4. daily job: the next trading day through the automation: the daily schedule evaluated at
+   that day's run time (17:30 Shanghai) must request exactly that partition of `daily_job`
+   (references + the daily graph), which then runs on the benchmark's Dagster instance, in
+   this process (in-process executor: no worker processes, unlike the CLI runs above).
+   Measured: wall time of the run, BaoStock messages, steps;
+5. integrity sensor: three gaps cut into the last 30 trading days (one day's stock_daily rows
+   deleted, half of another day's raw_k_daily rows, a third day's technical_daily rows), then
+   the sensor's tick at that evening, several times with a fresh cursor: seconds per tick, gaps
+   found and runs requested, and the seconds of its counting query alone. The requested runs
+   are executed afterwards, and a last tick should request nothing;
+6. fetch stage alone against a simulator with 50 ms latency and 8 sessions: requests/s against
    the bound C/L, for the daily increment's requests (one day per code) and for the backfill's
    (the whole range per code, on a subset of codes).
 
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -35,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -231,6 +243,9 @@ def main() -> None:
     parser.add_argument(
         "--baseline-codes", type=int, default=200, help="codes for the per-code pandas baseline"
     )
+    parser.add_argument(
+        "--sensor-ticks", type=int, default=5, help="integrity sensor ticks to time"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary home")
     args = parser.parse_args()
 
@@ -241,6 +256,8 @@ def main() -> None:
     last = max(calendar.sessions_between(first, args.end))
     increment = calendar.next_session(last)
     assert first and increment
+    daily_day = calendar.next_session(increment)  # the daily job's day, after the increment
+    assert daily_day
     emit(
         {
             "stage": "plan",
@@ -248,6 +265,7 @@ def main() -> None:
             "end": last,
             "trading_days": len(calendar.sessions_between(first, last)),
             "increment": increment,
+            "daily_job_day": daily_day,
             "home": home,
         }
     )
@@ -259,7 +277,7 @@ def main() -> None:
     postgres = EmbeddedPostgres(home / "postgres").start()
     redis = EmbeddedRedis(home / "redis").start()
     config = SimulatorConfig(
-        seed=7, n_codes=args.codes, end=increment + dt.timedelta(days=7), prewarm=True
+        seed=7, n_codes=args.codes, end=daily_day + dt.timedelta(days=7), prewarm=True
     )
     try:
         began = time.perf_counter()
@@ -313,6 +331,11 @@ def main() -> None:
             universe = sorted(c for c in sim_codes(url))
             throughput = indicator_throughput(url, args.baseline_codes)
             emit({"stage": "indicator_throughput", **throughput})
+            # Last: they add a day and then cut holes into the warehouse the stages above read.
+            daily = daily_job_stage(env, dagster_home, daily_day)
+            emit({"stage": "daily_job", **daily})
+            sensor = sensor_stage(env, dagster_home, url, daily_day, args.sensor_ticks)
+            emit({"stage": "integrity_sensor", **sensor})
     finally:
         redis.stop()
         postgres.stop()
@@ -338,14 +361,210 @@ def main() -> None:
             "kline_requests_per_code": backfill["kline_requests_per_code"],
             "increment_wall_s": inc["wall_s"],
             "increment_requests_per_code": inc["requests_per_code"],
+            "daily_job_wall_s": daily["wall_s"],
+            "daily_job_requests": daily["baostock_messages"],
+            "sensor_tick_s_median": sensor["tick_s_median"],
+            "sensor_tick_s_max": sensor["tick_s_max"],
+            "sensor_gaps": sensor["gaps"],
+            "sensor_runs_requested": sensor["runs_requested"],
+            "sensor_count_query_s": sensor["count_query_s_median"],
             "fetch_bound_ratio_c8_50ms": latency.get("daily", {}).get("bound_ratio"),
             "fetch_bound_ratio_c8_50ms_backfill_range": latency.get("range", {}).get("bound_ratio"),
+            "load_avg": load_average(),
         }
     )
     if not args.keep:
         import shutil
 
         shutil.rmtree(home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def environment(env: Mapping[str, str]) -> Iterator[None]:
+    """os.environ as `env` while runs and ticks execute in this process: the definitions and
+    resources read the STOCK_PIPELINE_* settings from it."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def daily_job_stage(env: dict[str, str], dagster_home: Path, day: dt.date) -> dict[str, Any]:
+    """The daily schedule's tick at `day`'s run time, and the run it requests, in process."""
+    import dagster as dg
+
+    from stock_pipeline.assets.partitions import SHANGHAI
+    from stock_pipeline.automation.daily import DAILY_JOB, DAILY_SCHEDULE
+    from stock_pipeline.definitions import build_definitions
+
+    with environment(env):
+        settings = Settings.from_env()
+        defs = build_definitions(settings)
+        instance = dg.DagsterInstance.get()
+        at = dt.datetime.combine(day, settings.daily_run_time, tzinfo=SHANGHAI)
+        began = time.perf_counter()
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=at) as context:
+            requests = defs.resolve_schedule_def(DAILY_SCHEDULE).evaluate_tick(context).run_requests
+        tick = time.perf_counter() - began
+        keys = [(r.job_name or DAILY_JOB, r.partition_key) for r in requests or []]
+        if keys != [(DAILY_JOB, day.isoformat())]:
+            raise SystemExit(f"the daily schedule at {at} requested {keys}, not {day}'s run")
+        request = requests[0]
+        job = defs.resolve_job_def(DAILY_JOB)
+        began = time.perf_counter()
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=request.partition_key,
+            tags=request.tags,
+            raise_on_error=False,
+        )
+        wall = time.perf_counter() - began
+    if not result.success:
+        raise SystemExit(f"{DAILY_JOB} for {day} failed (run {result.run_id})")
+    report = run_report(dagster_home)
+    codes = report["metadata"]["raw_k_daily"]["keys_requested"]
+    return {
+        "day": day,
+        "schedule_tick_s": round(tick, 3),
+        "wall_s": round(wall, 1),
+        "stages": stage_seconds(report),
+        "codes": codes,
+        "baostock_messages": messages(report),
+        "requests_per_code": round(messages(report) / codes, 4),
+        "steps": {k: round(v, 1) for k, v in report["steps"].items()},
+        "load_avg": load_average(),
+    }
+
+
+# The holes cut for the sensor, by position among the checked days (from the newest): each
+# one gap of its own, none adjacent to another.
+HOLES = (
+    ("stock_daily", 5, "DELETE FROM stock_daily WHERE trade_date = %(day)s"),
+    (
+        "raw_k_daily",
+        12,
+        "DELETE FROM raw_k_daily WHERE trade_date = %(day)s AND code IN ("
+        " SELECT code FROM raw_k_daily WHERE trade_date = %(day)s ORDER BY code"
+        " LIMIT (SELECT count(*) / 2 FROM raw_k_daily WHERE trade_date = %(day)s))",
+    ),
+    ("technical_daily", 20, "DELETE FROM technical_daily WHERE trade_date = %(day)s"),
+)
+
+
+def cut_holes(url: str, days: list[dt.date]) -> dict[str, Any]:
+    """Delete the HOLES' rows; what was deleted, by table."""
+    import psycopg2
+
+    holes = {}
+    with contextlib.closing(psycopg2.connect(url)) as conn, conn, conn.cursor() as cur:
+        for table, back, sql in HOLES:
+            cur.execute(sql, {"day": days[-back]})
+            holes[table] = {"day": days[-back], "rows_deleted": cur.rowcount}
+    return holes
+
+
+def sensor_stage(
+    env: dict[str, str], dagster_home: Path, url: str, day: dt.date, ticks: int
+) -> dict[str, Any]:
+    """The integrity sensor at `day`'s evening on the warehouse with three holes cut."""
+    import statistics
+
+    import dagster as dg
+    import psycopg2
+
+    from stock_pipeline.assets.partitions import SHANGHAI
+    from stock_pipeline.automation import gaps as gap_rules
+    from stock_pipeline.automation.daily import DAILY_JOB
+    from stock_pipeline.automation.integrity import (
+        GAP_TAG,
+        build_integrity_sensor,
+        checked_days,
+    )
+    from stock_pipeline.definitions import build_definitions
+    from stock_pipeline.resources import WarehouseResource
+
+    now = dt.datetime.combine(day, dt.time(20), tzinfo=SHANGHAI)
+    with environment(env):
+        settings = Settings.from_env()
+        calendar = load_calendar(settings.home)
+        defs = build_definitions(settings)
+        repository = defs.get_repository_def()
+        instance = dg.DagsterInstance.get()
+        days = checked_days(calendar, settings, now)
+        holes = cut_holes(url, days)
+        sensor = build_integrity_sensor(calendar, settings, DAILY_JOB, clock=lambda: now)
+
+        def tick() -> tuple[float, Any]:
+            context = dg.build_sensor_context(
+                instance=instance,
+                cursor=None,
+                resources={"warehouse": WarehouseResource()},
+                repository_def=repository,
+            )
+            began = time.perf_counter()
+            data = sensor.evaluate_tick(context)
+            return time.perf_counter() - began, data
+
+        seconds, requests = [], []
+        for _ in range(ticks):
+            elapsed, data = tick()
+            seconds.append(elapsed)
+            requests = data.run_requests or []
+        query_seconds = []
+        with contextlib.closing(psycopg2.connect(url)) as conn:
+            for _ in range(ticks):
+                began = time.perf_counter()
+                counts = gap_rules.read_counts(conn, days)
+                query_seconds.append(time.perf_counter() - began)
+        found = gap_rules.find_gaps(counts, settings.coverage_tolerance)
+
+        job = defs.resolve_job_def(DAILY_JOB)
+        refill_messages = 0
+        began = time.perf_counter()
+        for request in requests:
+            result = job.execute_in_process(
+                instance=instance,
+                asset_selection=request.asset_selection,
+                partition_key=request.partition_key,
+                tags=request.tags,
+                raise_on_error=False,
+            )
+            if not result.success:
+                raise SystemExit(f"the sensor's run {request.tags} failed (run {result.run_id})")
+            refill_messages += messages(run_report(dagster_home))
+        refill = time.perf_counter() - began
+        after = tick()[1].run_requests or []
+    return {
+        "checked_days": len(days),
+        "holes": holes,
+        "ticks": ticks,
+        "tick_s": [round(s, 3) for s in seconds],
+        "tick_s_median": round(statistics.median(seconds), 3),
+        "tick_s_max": round(max(seconds), 3),
+        "count_query_s_median": round(statistics.median(query_seconds), 3),
+        "count_query_s_max": round(max(query_seconds), 3),
+        "gaps": len(found),
+        "gap_list": [f"{g.asset} {g.day} {g.reason}" for g in found],
+        "runs_requested": len(requests),
+        "runs": [
+            {
+                "assets": [k.to_user_string() for k in r.asset_selection or ()],
+                "days": r.tags.get(GAP_TAG),
+            }
+            for r in requests
+        ],
+        "refill_s": round(refill, 1),
+        "refill_baostock_messages": refill_messages,
+        "runs_requested_after_refill": len(after),
+        "load_avg": load_average(),
+    }
 
 
 def indicator_throughput(url: str, baseline_codes: int) -> dict[str, Any]:
