@@ -18,8 +18,13 @@ import sys
 import time
 from typing import Any
 
-from stock_pipeline.automation.daily import DAILY_ASSETS
-from stock_pipeline.automation.gaps import fill_selection, find_gaps, group_runs, read_counts
+from stock_pipeline.automation.gaps import (
+    DAILY_ASSETS,
+    fill_selection,
+    find_gaps,
+    group_runs,
+    read_counts,
+)
 from stock_pipeline.calendar import NotATradingDayError, TradingCalendar, load_calendar
 from stock_pipeline.local import (
     LocalStackError,
@@ -180,6 +185,7 @@ def _run_here(instance: Any, env: dict[str, str], runs: list[Run]) -> int:
 
 def _launch_backfill(instance: Any, runs: list[Run], settings: Settings) -> int:
     """One Dagster backfill for every (asset, day) of `runs`; followed until it ends."""
+    import dagster as dg
     from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
     from dagster._core.definitions.events import AssetKeyPartitionKey
     from dagster._core.execution.backfill import PartitionBackfill
@@ -190,7 +196,7 @@ def _launch_backfill(instance: Any, runs: list[Run], settings: Settings) -> int:
     graph = build_definitions(settings).resolve_asset_graph()
     calendar = load_calendar(settings.home)
     wanted = {
-        AssetKeyPartitionKey(_key(asset), day.isoformat())
+        AssetKeyPartitionKey(dg.AssetKey(asset), day.isoformat())
         for selection, first, last in runs
         for day in calendar.sessions_between(first, last)
         for asset in selection
@@ -209,12 +215,6 @@ def _launch_backfill(instance: Any, runs: list[Run], settings: Settings) -> int:
     print(f"backfill: launched Dagster backfill {backfill.backfill_id} "
           f"({len(wanted)} asset partitions); the daemon runs it, the UI shows it")  # fmt: skip
     return _follow_backfill(instance, backfill.backfill_id, len(wanted))
-
-
-def _key(asset: str) -> Any:
-    import dagster as dg
-
-    return dg.AssetKey(asset)
 
 
 def _follow_backfill(instance: Any, backfill_id: str, total: int) -> int:

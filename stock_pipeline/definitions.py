@@ -18,7 +18,7 @@ from stock_pipeline.assets.indicators import indicator_assets
 from stock_pipeline.assets.partitions import build_trading_day_partitions
 from stock_pipeline.assets.raw import BAOSTOCK_STEP_TAG, raw_assets
 from stock_pipeline.assets.raw.checks import P0_CHECKS
-from stock_pipeline.automation import build_automation
+from stock_pipeline.automation.definitions import build_automation
 from stock_pipeline.calendar import load_calendar
 from stock_pipeline.instance import apply_event_settings
 from stock_pipeline.resources import BaostockResource, CacheResource, WarehouseResource

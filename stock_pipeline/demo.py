@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stock_pipeline.automation.daily import DAILY_ASSETS, REFERENCE_ASSETS
+from stock_pipeline.automation.gaps import DAILY_ASSETS, REFERENCE_ASSETS
 from stock_pipeline.calendar import NotATradingDayError, TradingCalendar, load_calendar
 from stock_pipeline.local import (
     LocalStackError,
     Services,
+    latest_published_end,
     migrate_warehouse,
     open_instance,
     prepare_dagster_home,
@@ -92,7 +93,7 @@ def _demo(args: argparse.Namespace) -> int:
     for day, what in ((args.start, "--start"), (args.end, "--end")):
         if day is not None and day <= calendar.last_day:
             calendar.require_session(day, what)  # fail before starting anything
-    end = _default_end(calendar, settings) if args.end is None else args.end
+    end = latest_published_end(calendar, settings) if args.end is None else args.end
     with contextlib.ExitStack() as stack:
         services = start_services(settings, stack)
         if args.source == "simulator":
@@ -124,16 +125,6 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"\ndemo: reading the result back failed: {exc}")
         _summary(services, outcome, time.monotonic() - began, home)
     return 0 if outcome.failed == 0 else 1
-
-
-def _default_end(calendar: TradingCalendar, settings: Settings) -> dt.date:
-    """The latest trading day BaoStock has published (Shanghai time)."""
-    from stock_pipeline.assets.partitions import latest_published_day
-
-    last = latest_published_day(calendar, settings.daily_run_time)
-    if last is None or last < settings.start_date:
-        raise DemoError("no trading day has been published yet since STOCK_PIPELINE_START_DATE")
-    return last
 
 
 def _months_before(calendar: TradingCalendar, end: dt.date, months: int) -> dt.date:

@@ -30,10 +30,11 @@ from typing import Any
 import psutil
 
 from stock_pipeline.calendar import NotATradingDayError, load_calendar
-from stock_pipeline.demo import DemoError, _default_end
+from stock_pipeline.instance import write_workspace
 from stock_pipeline.local import (
     LocalStackError,
     Services,
+    latest_published_end,
     migrate_warehouse,
     open_instance,
     prepare_dagster_home,
@@ -47,12 +48,6 @@ DEFAULT_PORT = 3000
 DEFAULT_CODES = 300
 READY_TIMEOUT_S = 180.0
 STOP_GRACE_S = 10.0
-WORKSPACE = """\
-# Written by `stock-pipeline dev`: the code location, from the installed package.
-load_from:
-  - python_module:
-      module_name: stock_pipeline.definitions
-"""
 # Lines of the children's logs shown in the terminal too: errors (not the steps a failed step
 # left unexecuted) and the runs the sensors and schedules launch. The logs have everything.
 ECHOED = (" - ERROR - ", " - CRITICAL - ", "Completed launch of run")
@@ -102,7 +97,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         return _dev(args)
-    except (DevError, DemoError, NotATradingDayError, LocalStackError) as exc:
+    except (DevError, NotATradingDayError, LocalStackError) as exc:
         print(f"stock-pipeline dev: error: {exc}", file=sys.stderr)
         return 2
 
@@ -162,7 +157,7 @@ def _start_stack(
     """Servers, the simulator if asked for, a migrated warehouse and a ready Dagster storage."""
     services = start_services(settings, stack)
     if args.simulator:
-        end = _default_end(load_calendar(settings.home), settings)
+        end = latest_published_end(load_calendar(settings.home), settings)
         start_simulator(services, stack, args.codes, args.seed, end)
     migrate_warehouse(services.env["STOCK_PIPELINE_DATABASE_URL"])
     dagster_home = prepare_dagster_home(settings, services)
@@ -171,14 +166,6 @@ def _start_stack(
     with open_instance(dagster_home):
         pass
     return services
-
-
-def write_workspace(dagster_home: Path) -> Path:
-    """`<dagster home>/workspace.yaml`: the code location, importable from the installed
-    package (no checkout needed)."""
-    path = dagster_home / "workspace.yaml"
-    path.write_text(WORKSPACE, encoding="utf-8")
-    return path
 
 
 def start_child(name: str, command: list[str], env: dict[str, str], log: Path) -> Child:

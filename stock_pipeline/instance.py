@@ -32,6 +32,24 @@ def apply_event_settings() -> None:
         os.environ.setdefault(name, value)
 
 
+# The code location the webserver and the daemon load: the installed package, so neither a
+# checkout nor a working directory is needed (`stock-pipeline dev` and the OS services).
+WORKSPACE_YAML = """\
+# Written by stock-pipeline: the code the webserver and the daemon load
+# (the installed package, so no checkout is needed).
+load_from:
+  - python_module:
+      module_name: stock_pipeline.definitions
+"""
+
+
+def write_workspace(dagster_home: Path) -> Path:
+    """`<dagster home>/workspace.yaml` (WORKSPACE_YAML); returns its path."""
+    path = dagster_home / "workspace.yaml"
+    path.write_text(WORKSPACE_YAML, encoding="utf-8")
+    return path
+
+
 def instance_yaml(storage_url: str | None, settings: Settings) -> str:
     """dagster.yaml: storage, the run queue, the `baostock` pool and run retries."""
     lines = [

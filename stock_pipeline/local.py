@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stock_pipeline.calendar import TradingCalendar
 from stock_pipeline.settings import Settings
 
 SIMULATOR_QPS = "2000"  # the simulator is local: BaoStock's politeness limit does not apply
@@ -98,6 +99,19 @@ def start_simulator(
         f"data through {end})"
     )
     return simulator.endpoint
+
+
+def latest_published_end(calendar: TradingCalendar, settings: Settings) -> dt.date:
+    """The latest trading day BaoStock has published (Shanghai time): where a simulated
+    market and a default range end."""
+    from stock_pipeline.assets.partitions import latest_published_day
+
+    last = latest_published_day(calendar, settings.daily_run_time)
+    if last is None or last < settings.start_date:
+        raise LocalStackError(
+            "no trading day has been published yet since STOCK_PIPELINE_START_DATE"
+        )
+    return last
 
 
 def migrate_warehouse(url: str) -> None:

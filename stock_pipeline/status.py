@@ -147,7 +147,7 @@ def _cache_day(settings: Settings, redis_url: str | None) -> dt.date | None:
         return None
     import redis
 
-    from stock_pipeline.cache.keys import CacheKeys
+    from stock_pipeline.cache.keys import CacheKeys, parse_version
 
     client = redis.Redis.from_url(redis_url, socket_timeout=3)
     try:
@@ -156,8 +156,8 @@ def _cache_day(settings: Settings, redis_url: str | None) -> dt.date | None:
         client.close()
     if version is None:
         return None
-    with contextlib.suppress(ValueError):
-        return dt.date.fromisoformat(version.decode()[:10])
+    with contextlib.suppress(ValueError):  # not a version: the cache's own check says so
+        return parse_version(version.decode())[0]
     return None
 
 

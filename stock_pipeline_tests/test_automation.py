@@ -308,6 +308,22 @@ def test_backfill_command_fills_only_the_gaps_and_status_names_them(
         assert "unknown daily asset(s) nope" in capsys.readouterr().err
 
 
+def test_status_reads_the_cache_day_from_its_version(redis_url: str):
+    import redis
+
+    from stock_pipeline.cache.keys import CacheKeys, make_version
+    from stock_pipeline.status import _cache_day
+
+    prefix = f"test_{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.set(CacheKeys(prefix).current, make_version(LAST, dt.datetime.now(dt.UTC)))
+        assert _cache_day(Settings(cache_prefix=prefix), redis_url) == LAST
+    finally:
+        client.delete(CacheKeys(prefix).current)
+        client.close()
+
+
 def sensor_log(sensor: Sensor, day: dt.date) -> str:
     """The tick's skip message (what its log line also says)."""
     return sensor.tick(day).skip_message or ""

@@ -18,21 +18,11 @@ import warnings
 import dagster as dg
 
 from stock_pipeline.assets.partitions import TIMEZONE
+from stock_pipeline.automation.gaps import DAILY_ASSETS, REFERENCE_ASSETS
 from stock_pipeline.settings import Settings
 
 DAILY_JOB = "daily_job"
 DAILY_SCHEDULE = "daily_schedule"
-# The job's assets: the unpartitioned references run with every day (new listings, the
-# calendar), then the trading-day graph.
-REFERENCE_ASSETS = ("raw_trade_dates", "raw_stock_basic", "trade_calendar", "stocks")
-DAILY_ASSETS = (
-    "raw_all_stock",
-    "raw_k_daily",
-    "raw_adjust_factor",
-    "stock_daily",
-    "technical_daily",
-    "redis_cache",
-)
 
 
 def build_daily_job(partitions: dg.PartitionsDefinition) -> dg.UnresolvedAssetJobDefinition:

@@ -29,6 +29,9 @@ DAILY_GRAPH: dict[str, tuple[str, ...]] = {
     "technical_daily": ("stock_daily",),
     "redis_cache": ("technical_daily", "stock_daily"),
 }
+DAILY_ASSETS = tuple(DAILY_GRAPH)
+# Unpartitioned: the calendar and listings, refreshed with every daily run.
+REFERENCE_ASSETS = ("raw_trade_dates", "raw_stock_basic", "trade_calendar", "stocks")
 # Assets whose tables are counted per day (raw_adjust_factor is keyed by ex-date, the cache
 # lives in Redis: both are rerun as downstream of a counted gap).
 COUNTED = ("raw_all_stock", "raw_k_daily", "stock_daily", "technical_daily")

@@ -30,7 +30,7 @@ from dagster._core.storage.tags import (
 
 from stock_pipeline.assets.partitions import DATE_FORMAT, latest_published_day, partition_day
 from stock_pipeline.automation import gaps as gap_rules
-from stock_pipeline.automation.daily import REFERENCE_ASSETS
+from stock_pipeline.automation.gaps import REFERENCE_ASSETS
 from stock_pipeline.calendar import TradingCalendar
 from stock_pipeline.resources import WarehouseResource
 from stock_pipeline.settings import Settings
@@ -187,14 +187,14 @@ def build_integrity_sensor(
         days = checked_days(calendar, settings, now)
         if not days:
             return dg.SensorResult(skip_reason="no published trading day to check yet")
-        gaps = find_warehouse_gaps(warehouse, days, settings.coverage_tolerance)
+        gaps, listings = read_warehouse(warehouse, days, settings.coverage_tolerance)
         requested = json.loads(context.cursor) if context.cursor else {}
         busy = in_flight(context.instance, calendar) if gaps else set()
         wanted, cursor, notes = plan(
             gaps, busy, requested, now.timestamp(), settings.integrity_retry_cooldown_s
         )
         runs = gap_rules.group_runs(wanted, days)
-        if runs and not listings_stored(warehouse):  # a new warehouse: listings first
+        if runs and not listings:  # a new warehouse: its listings first
             runs = [(REFERENCE_ASSETS + selection, a, b) for selection, a, b in runs]
         requests = run_requests(runs, job_name, now.timestamp())
         summary = describe(gaps, days) + (f"; held back: {', '.join(notes)}" if notes else "")
@@ -209,26 +209,11 @@ def build_integrity_sensor(
     return integrity_sensor
 
 
-def listings_stored(warehouse: WarehouseResource) -> bool:
-    """Whether raw_stock_basic holds the listings (the raw bars need them)."""
-    import psycopg2
-
-    from stock_pipeline.warehouse.engine import warehouse_url
-    from stock_pipeline.warehouse.urls import asyncpg_dsn
-
-    connection = psycopg2.connect(asyncpg_dsn(warehouse_url(warehouse.settings())))
-    try:
-        with connection.cursor() as cur:
-            cur.execute("SELECT EXISTS (SELECT 1 FROM raw_stock_basic)")
-            return bool(cur.fetchone()[0])
-    finally:
-        connection.close()
-
-
-def find_warehouse_gaps(
+def read_warehouse(
     warehouse: WarehouseResource, days: list[dt.date], tolerance: float
-) -> list[gap_rules.Gap]:
-    """The gaps of `days`, read with one query (psycopg2: a tick needs no event loop)."""
+) -> tuple[list[gap_rules.Gap], bool]:
+    """The gaps of `days`, and whether raw_stock_basic holds the listings (the raw bars need
+    them): one connection, two queries (psycopg2: a tick needs no event loop)."""
     import psycopg2
 
     from stock_pipeline.warehouse.engine import warehouse_url
@@ -237,6 +222,9 @@ def find_warehouse_gaps(
     connection = psycopg2.connect(asyncpg_dsn(warehouse_url(warehouse.settings())))
     try:
         counts = gap_rules.read_counts(connection, days)
+        with connection.cursor() as cur:
+            cur.execute("SELECT EXISTS (SELECT 1 FROM raw_stock_basic)")
+            listings = bool(cur.fetchone()[0])
     finally:
         connection.close()
-    return gap_rules.find_gaps(counts, tolerance)
+    return gap_rules.find_gaps(counts, tolerance), listings

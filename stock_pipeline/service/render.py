@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePath, PurePosixPath, PureWindowsPath
 from typing import Literal
 
+from stock_pipeline.instance import WORKSPACE_YAML
 from stock_pipeline.settings import ENV_PREFIX, redact_url
 
 Platform = Literal["linux", "macos", "windows"]
@@ -158,22 +159,9 @@ def prepare_command(spec: ServiceSpec) -> tuple[str, ...]:
     return (str(spec.python), "-m", PREPARE_MODULE)
 
 
-def workspace_yaml() -> str:
-    return "\n".join(
-        [
-            f"# {WRITTEN_BY}: the code the webserver and the daemon load",
-            "# (the installed package, so no checkout is needed).",
-            "load_from:",
-            "  - python_module:",
-            "      module_name: stock_pipeline.definitions",
-            "",
-        ]
-    )
-
-
 def service_files(spec: ServiceSpec, platform: Platform) -> list[ServiceFile]:
     """Every file `install` writes for `platform`, the workspace file first."""
-    workspace = ServiceFile(spec.workspace, workspace_yaml())
+    workspace = ServiceFile(spec.workspace, WORKSPACE_YAML)
     renderers = {"linux": _linux_files, "macos": _macos_files, "windows": _windows_files}
     return [workspace, *renderers[platform](spec)]
 
