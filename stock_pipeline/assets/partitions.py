@@ -17,6 +17,7 @@ yet known to be a trading day.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -84,3 +85,101 @@ def require_published(calendar: TradingCalendar, last_day: dt.date, publish_time
 
 class NotPublishedError(ValueError):
     """A partition for a day whose data BaoStock has not published yet."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The slower groups' partitions (P1, P2, P5). Time windows in Shanghai time, so ranges, the
+# latest window and single-run backfills work as for trading days.
+
+# Quarterly BaoStock statements start in 2007 (the simulator and the real service agree).
+FIRST_STATEMENT_YEAR = 2007
+
+
+def build_statement_period_partitions(start: dt.date) -> dg.TimeWindowPartitionsDefinition:
+    """One partition per statement period (quarter), keyed by its FIRST day: "2025-10-01" is
+    2025Q4, stat_date 2025-12-31. A period's partition exists once the period has ended; its
+    reports arrive over the following months (see automation/cadence.py for the re-fetch)."""
+    first = dt.date(max(start.year, FIRST_STATEMENT_YEAR), 1, 1)
+    return dg.TimeWindowPartitionsDefinition(
+        start=first.strftime(DATE_FORMAT),
+        cron_schedule="0 0 1 1,4,7,10 *",
+        timezone=TIMEZONE,
+        fmt=DATE_FORMAT,
+    )
+
+
+def build_year_partitions(start: dt.date) -> dg.TimeWindowPartitionsDefinition:
+    """One partition per calendar year (dividend plans by announcement year, express and
+    forecast reports by publication date); the current year exists (end_offset=1), since its
+    announcements arrive during it."""
+    return dg.TimeWindowPartitionsDefinition(
+        start=dt.date(start.year, 1, 1).strftime(DATE_FORMAT),
+        cron_schedule="0 0 1 1 *",
+        timezone=TIMEZONE,
+        fmt=DATE_FORMAT,
+        end_offset=1,
+    )
+
+
+def build_week_partitions(start: dt.date) -> dg.WeeklyPartitionsDefinition:
+    """One partition per week, Monday to Sunday (weekly bars are dated by the week's last
+    trading day); a week exists once it has ended."""
+    monday = start - dt.timedelta(days=start.weekday())
+    return dg.WeeklyPartitionsDefinition(
+        start_date=monday.strftime(DATE_FORMAT),
+        day_offset=1,
+        timezone=TIMEZONE,
+        fmt=DATE_FORMAT,
+    )
+
+
+def build_month_partitions(start: dt.date) -> dg.MonthlyPartitionsDefinition:
+    """One partition per calendar month, keyed by its first day; it exists once it has ended."""
+    return dg.MonthlyPartitionsDefinition(
+        start_date=dt.date(start.year, start.month, 1).strftime(DATE_FORMAT),
+        timezone=TIMEZONE,
+        fmt=DATE_FORMAT,
+    )
+
+
+def statement_period(key: str) -> tuple[int, int]:
+    """(year, quarter) of a statement-period key ("2025-10-01" -> (2025, 4))."""
+    first = partition_day(key)
+    if first.day != 1 or first.month not in (1, 4, 7, 10):
+        raise ValueError(f"{key!r} is not a statement-period key (the first day of a quarter)")
+    return first.year, (first.month - 1) // 3 + 1
+
+
+def period_key(year: int, quarter: int) -> str:
+    return dt.date(year, 3 * quarter - 2, 1).strftime(DATE_FORMAT)
+
+
+@dataclass(frozen=True)
+class Partitions:
+    """Every partitions definition of the code location, by kind (raw/job.py PARTITION_KINDS)."""
+
+    day: dg.PartitionsDefinition
+    quarter: dg.TimeWindowPartitionsDefinition
+    year: dg.TimeWindowPartitionsDefinition
+    week: dg.TimeWindowPartitionsDefinition
+    month: dg.TimeWindowPartitionsDefinition
+
+    @property
+    def by_kind(self) -> dict[str, dg.PartitionsDefinition]:
+        return {
+            "day": self.day,
+            "quarter": self.quarter,
+            "year": self.year,
+            "week": self.week,
+            "month": self.month,
+        }
+
+
+def build_partitions(calendar: TradingCalendar, start: dt.date) -> Partitions:
+    return Partitions(
+        day=build_trading_day_partitions(calendar, start),
+        quarter=build_statement_period_partitions(start),
+        year=build_year_partitions(start),
+        week=build_week_partitions(start),
+        month=build_month_partitions(start),
+    )

@@ -72,6 +72,17 @@ def window_of(
     return Window(start, end, tuple(calendar.sessions_between(start, end)))
 
 
+def period_window_of(
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, calendar: TradingCalendar
+) -> Window:
+    """The run's partition range of a slower cadence (statement periods, years, weeks, months)
+    as calendar days [first day, last day], with the trading days in it."""
+    time_window = context.partition_time_window
+    start = time_window.start.astimezone(SHANGHAI).date()
+    end = time_window.end.astimezone(SHANGHAI).date() - dt.timedelta(days=1)
+    return Window(start, end, tuple(calendar.sessions_between(start, end)))
+
+
 @contextlib.asynccontextmanager
 async def open_pool_and_warehouse(
     baostock: BaostockResource, warehouse: WarehouseResource

@@ -6,7 +6,8 @@ order of the writer, the ETL selects and the assets' column metadata.
 Layers:
 - raw_*: one table per BaoStock dataset, derived from the API catalog (baostock/apis.py) by the
   declarative RAW_DATASETS list below; values typed, empty strings stored as NULL;
-- business tables: stocks, trade_calendar, stock_daily, finance, corporate_actions, index_daily,
+- business tables: stocks, trade_calendar, stock_daily, finance (+ finance_revisions),
+  corporate_actions, performance_express, earnings_forecast, index_daily,
   index_constituents, industry_membership, macro_series;
 - technical_daily: indicators computed on back-adjusted prices;
 - bookkeeping: sync_state, fetch_log (incremental sync), index_definitions (index management).
@@ -95,7 +96,7 @@ class RawDataset:
     group: str  # P0..P5
     api: str
     key: tuple[str, ...]
-    cadence: str  # when the automation refreshes it: daily, quarterly, weekly, monthly, on_change
+    cadence: str  # when it is refreshed: daily, quarterly, yearly, weekly, monthly, on_change
     fields: tuple[Field, ...] | None = None
     request_columns: tuple[Field, ...] = ()
     partition_column: str | None = None
@@ -110,6 +111,7 @@ class RawDataset:
 
 _DAY = Field("day", "date", "trade_date")
 _INDEX_CODE = Field("index", "str", "index_code")
+_REPORT_YEAR = Field("year", "int", "report_year")
 
 RAW_DATASETS: tuple[RawDataset, ...] = (
     # P0 core daily
@@ -152,22 +154,24 @@ RAW_DATASETS: tuple[RawDataset, ...] = (
         "raw_dividend",
         "P2",
         "query_dividend_data",
-        ("code", "divid_plan_announce_date"),
-        "quarterly",
+        ("code", "report_year", "divid_plan_announce_date"),
+        "yearly",
+        request_columns=(_REPORT_YEAR,),
+        description="plans by announcement year (yearType report)",
     ),
     RawDataset(
         "raw_performance_express",
         "P2",
         "query_performance_express_report",
         ("code", "performance_exp_stat_date", "performance_exp_pub_date"),
-        "quarterly",
+        "yearly",
     ),
     RawDataset(
         "raw_forecast",
         "P2",
         "query_forecast_report",
         ("code", "profit_forcast_exp_stat_date", "profit_forcast_exp_pub_date"),
-        "quarterly",
+        "yearly",
     ),
     # P3 indexes
     RawDataset(
@@ -187,7 +191,14 @@ RAW_DATASETS: tuple[RawDataset, ...] = (
     ),
     # P4 industry
     RawDataset(
-        "raw_stock_industry", "P4", "query_stock_industry", ("update_date", "code"), "on_change"
+        "raw_stock_industry",
+        "P4",
+        "query_stock_industry",
+        ("snapshot_date", "code"),
+        "on_change",
+        request_columns=(Field("day", "date", "snapshot_date"),),
+        description="every stock's industry as answered for the sample day snapshot_date "
+        "(update_date: BaoStock's last refresh of the list before it)",
     ),
     # P5 extended: period k-lines (52 or 12 rows a year per code: no partitioning) and macro.
     RawDataset(
@@ -335,10 +346,30 @@ finance = Table(
     Column("code", Text, nullable=False),
     Column("stat_date", Date, nullable=False, comment="statement period end"),
     Column("pub_date", Date, comment="earliest publication among the six quarterly APIs"),
+    Column(
+        "revised_on",
+        Date,
+        comment="day a re-fetch stored these values over different ones (NULL: as first "
+        "fetched; the superseded values are in finance_revisions)",
+    ),
     *_finance_columns(),
     _updated_at(),
     PrimaryKeyConstraint("code", "stat_date"),
     comment="one row per code and statement period, joined from the six quarterly APIs",
+)
+
+finance_revisions = Table(
+    "finance_revisions",
+    metadata,
+    Column("code", Text, nullable=False),
+    Column("stat_date", Date, nullable=False),
+    Column("superseded_on", Date, nullable=False, comment="day a re-fetch replaced these values"),
+    Column("pub_date", Date),
+    Column("revised_on", Date, comment="as in finance: when these values replaced older ones"),
+    *_finance_columns(),
+    _updated_at(),
+    PrimaryKeyConstraint("code", "stat_date", "superseded_on"),
+    comment="earlier values of finance rows, kept for as-of reads before each revision",
 )
 
 corporate_actions = Table(
@@ -375,21 +406,71 @@ index_constituents = Table(
     "index_constituents",
     metadata,
     Column("index_code", Text, nullable=False, comment="sh.000300, sh.000016 or sh.000905"),
-    Column("update_date", Date, nullable=False, comment="snapshot date of the member list"),
     Column("code", Text, nullable=False),
+    Column("valid_from", Date, nullable=False, comment="update date of the first snapshot with it"),
+    Column(
+        "valid_to",
+        Date,
+        comment="update date of the first later snapshot without it (exclusive); NULL: a member "
+        "in the latest snapshot",
+    ),
     _updated_at(),
-    PrimaryKeyConstraint("index_code", "update_date", "code"),
+    PrimaryKeyConstraint("index_code", "code", "valid_from"),
+    comment="index membership history, built from BaoStock's dated snapshots",
 )
 
 industry_membership = Table(
     "industry_membership",
     metadata,
     Column("code", Text, nullable=False),
-    Column("update_date", Date, nullable=False),
+    Column(
+        "valid_from", Date, nullable=False, comment="snapshot_date of the first snapshot with it"
+    ),
+    Column(
+        "valid_to",
+        Date,
+        comment="snapshot_date of the first later snapshot with another industry or without the "
+        "stock (exclusive); NULL: in the latest snapshot",
+    ),
     Column("industry", Text),
     Column("classification", Text),
     _updated_at(),
-    PrimaryKeyConstraint("code", "update_date"),
+    PrimaryKeyConstraint("code", "valid_from"),
+    comment="CSRC industry history, built from BaoStock's dated snapshots",
+)
+
+performance_express = Table(
+    "performance_express",
+    metadata,
+    Column("code", Text, nullable=False),
+    Column("stat_date", Date, nullable=False),
+    Column("pub_date", Date, nullable=False),
+    Column("update_date", Date),
+    Column("total_asset", Double),
+    Column("net_asset", Double),
+    Column("eps_chg_pct", Double),
+    Column("roe_wa", Double),
+    Column("eps_diluted", Double),
+    Column("gr_yoy", Double, comment="revenue growth, year on year"),
+    Column("op_yoy", Double, comment="operating profit growth, year on year"),
+    _updated_at(),
+    PrimaryKeyConstraint("code", "stat_date", "pub_date"),
+    comment="performance express reports (业绩快报), from raw_performance_express",
+)
+
+earnings_forecast = Table(
+    "earnings_forecast",
+    metadata,
+    Column("code", Text, nullable=False),
+    Column("stat_date", Date, nullable=False),
+    Column("pub_date", Date, nullable=False),
+    Column("forecast_type", Text, comment="预增, 略增, 略减, 预减, 扭亏, 首亏, 续亏, ..."),
+    Column("abstract", Text),
+    Column("chg_pct_up", Double, comment="upper bound of the profit change, %"),
+    Column("chg_pct_down", Double, comment="lower bound of the profit change, %"),
+    _updated_at(),
+    PrimaryKeyConstraint("code", "stat_date", "pub_date"),
+    comment="earnings forecasts (业绩预告), from raw_forecast",
 )
 
 macro_series = Table(

@@ -1,13 +1,15 @@
 """Raw assets, generated: one per RAW_DATASETS entry (warehouse/tables.py) that has a sync.
 
-The dataset spec gives the asset its name, group, description and columns; the sync (p0.py,
-later p1..p5) says how to fetch it. Within a run, one raw step at a time opens a session pool
+The dataset spec gives the asset its name, group, description and columns; the sync (p0.py ..
+p5.py) says how to fetch it and on which partitions (trading days, statement periods, years,
+weeks, months, or none). Within a run, one raw step at a time opens a session pool
 (the executor's tag limit); every raw asset is in the `baostock` concurrency pool, which an
 instance limits across runs with `concurrency: pools:` in its dagster.yaml. Every partitioned
 one takes a range in one run (BackfillPolicy.single_run), which `--partition-range` requires.
 """
 
 import importlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -35,18 +37,63 @@ def _sync(module: str, function: str) -> SyncFunction:
     return run
 
 
-P0 = "stock_pipeline.assets.raw.p0"
+def _module(group: str) -> str:
+    return f"stock_pipeline.assets.raw.{group}"
+
+
+P0, P1, P2, P3, P4, P5 = (_module(f"p{n}") for n in range(6))
+_FINANCE = ("profit", "operation", "growth", "balance", "cash_flow", "dupont")
 SYNCS: dict[str, RawSync] = {
-    "raw_trade_dates": RawSync(_sync(P0, "sync_trade_dates"), partitioned=False),
-    "raw_stock_basic": RawSync(_sync(P0, "sync_stock_basic"), partitioned=False),
-    "raw_all_stock": RawSync(_sync(P0, "sync_all_stock"), partitioned=True, per_code=False),
+    # P0 core daily
+    "raw_trade_dates": RawSync(_sync(P0, "sync_trade_dates"), partitions=None),
+    "raw_stock_basic": RawSync(_sync(P0, "sync_stock_basic"), partitions=None),
+    "raw_all_stock": RawSync(_sync(P0, "sync_all_stock"), partitions="day", per_code=False),
     "raw_k_daily": RawSync(
-        _sync(P0, "sync_k_daily"), partitioned=True, deps=("raw_all_stock", "raw_stock_basic")
+        _sync(P0, "sync_k_daily"), partitions="day", deps=("raw_all_stock", "raw_stock_basic")
     ),
     "raw_adjust_factor": RawSync(
-        _sync(P0, "sync_adjust_factor"), partitioned=True, deps=("raw_k_daily",)
+        _sync(P0, "sync_adjust_factor"), partitions="day", deps=("raw_k_daily",)
     ),
-}
+    # P1 financials: by statement period, for the stocks listed in it; the five APIs after
+    # profit only where raw_profit holds a statement (the same report)
+    **{
+        f"raw_{name}": RawSync(
+            _sync(P1, f"sync_{name}"),
+            partitions="quarter",
+            deps=("raw_stock_basic",) if name == "profit" else ("raw_stock_basic", "raw_profit"),
+        )
+        for name in _FINANCE
+    },
+    # P2 corporate actions and reports: by year
+    **{
+        name: RawSync(_sync(P2, f"sync_{name.removeprefix('raw_')}"), partitions="year",
+                      deps=("raw_stock_basic",))
+        for name in ("raw_dividend", "raw_performance_express", "raw_forecast")
+    },
+    # P3 indexes: daily bars of the configured indexes; constituents' snapshots
+    "raw_index_daily": RawSync(_sync(P3, "sync_index_daily"), partitions="day", per_code=False),
+    **{
+        f"raw_{name}_stocks": RawSync(
+            _sync(P3, f"sync_{name}_stocks"), partitions=None, per_code=False
+        )
+        for name in ("hs300", "sz50", "zz500")
+    },
+    # P4 industry snapshots
+    "raw_stock_industry": RawSync(
+        _sync(P4, "sync_stock_industry"), partitions=None, per_code=False
+    ),
+    # P5 weekly and monthly bars; macro series
+    "raw_k_weekly": RawSync(_sync(P5, "sync_k_weekly"), partitions="week",
+                            deps=("raw_stock_basic",)),
+    "raw_k_monthly": RawSync(_sync(P5, "sync_k_monthly"), partitions="month",
+                             deps=("raw_stock_basic",)),
+    **{
+        name: RawSync(_sync(P5, f"sync_{name.removeprefix('raw_')}"), partitions=None,
+                      per_code=False)
+        for name in ("raw_deposit_rate", "raw_loan_rate", "raw_required_reserve_ratio",
+                     "raw_money_supply_month", "raw_money_supply_year")
+    },
+}  # fmt: skip
 BAOSTOCK_POOL = "baostock"
 # Op tag of every step that opens a BaoStock session pool (the executor runs one at a time).
 BAOSTOCK_STEP_TAG = "stock_pipeline/baostock_sessions"
@@ -61,7 +108,7 @@ def build_raw_asset(
     spec: RawDataset,
     sync: RawSync,
     calendar: TradingCalendar,
-    partitions: dg.PartitionsDefinition,
+    partitions: Mapping[str, dg.PartitionsDefinition],
 ) -> dg.AssetsDefinition:
     """The asset that syncs one raw dataset with `sync`."""
 
@@ -70,7 +117,7 @@ def build_raw_asset(
         group_name=spec.group.lower(),
         description=f"BaoStock {spec.api} -> {spec.table}. {spec.description}".strip(),
         deps=[dg.AssetKey(name) for name in sync.deps],
-        partitions_def=partitions if sync.partitioned else None,
+        partitions_def=partitions[sync.partitions] if sync.partitions else None,
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool=BAOSTOCK_POOL,
         retry_policy=RETRY,
@@ -84,10 +131,10 @@ def build_raw_asset(
         baostock: BaostockResource,
         warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
-        window = runtime.window_of(context, calendar) if sync.partitioned else None
+        window = _window(context, calendar, sync.partitions)
         report = runtime.Report(spec.table, window)
         settings = baostock.settings()
-        if window is not None:
+        if window is not None and sync.partitions == "day":
             _require_published(calendar, window, settings)
         async with runtime.open_pool_and_warehouse(baostock, warehouse) as (pool, wh):
             job = RawJob(spec.table, context, window, pool, wh, calendar, settings, report)
@@ -111,6 +158,16 @@ def build_raw_asset(
         return report.result()
 
     return raw_asset
+
+
+def _window(
+    context: dg.AssetExecutionContext, calendar: TradingCalendar, kind: str | None
+) -> runtime.Window | None:
+    if kind is None:
+        return None
+    if kind == "day":
+        return runtime.window_of(context, calendar)
+    return runtime.period_window_of(context, calendar)
 
 
 def _require_published(
@@ -158,7 +215,7 @@ async def _record_outcome(job: RawJob, error: str | None = None) -> None:
 
 
 def raw_assets(
-    calendar: TradingCalendar, partitions: dg.PartitionsDefinition
+    calendar: TradingCalendar, partitions: Mapping[str, dg.PartitionsDefinition]
 ) -> list[dg.AssetsDefinition]:
     """Every raw asset that has a sync, in RAW_DATASETS order."""
     return [

@@ -74,12 +74,44 @@ class RawJob:
 SyncFunction = Callable[[RawJob], Awaitable[runtime.Report]]
 
 
+# Partition kinds of raw datasets (assets/partitions.py builds each): trading days, statement
+# periods (quarters), calendar years, weeks, months.
+PARTITION_KINDS = ("day", "quarter", "year", "week", "month")
+
+
 @dataclass(frozen=True)
 class RawSync:
-    """How a raw dataset is synced: the function, whether it is partitioned by trading day,
-    and the assets whose tables it reads."""
+    """How a raw dataset is synced: the function, its partition kind (None: the whole dataset
+    at once), and the assets whose tables it reads."""
 
     run: SyncFunction
-    partitioned: bool
+    partitions: str | None
     deps: tuple[str, ...] = ()
     per_code: bool = True  # fetched one request per code (else per day or once)
+
+    def __post_init__(self) -> None:
+        if self.partitions is not None and self.partitions not in PARTITION_KINDS:
+            raise ValueError(f"unknown partition kind {self.partitions!r}: {PARTITION_KINDS}")
+
+    @property
+    def partitioned(self) -> bool:
+        return self.partitions is not None
+
+
+# A range in which more keys fail than this share is failed as a whole (BaoStock is down or
+# refusing us); below it, the run succeeds and lists the failed keys.
+FAILED_SHARE_LIMIT = 0.5
+
+
+def fail_if_mostly_failed(job: RawJob, requested: int, failures: dict[str, str]) -> None:
+    """Fail the sync when most of its requests failed (BaoStock is down or refusing us)."""
+    if requested and len(failures) > FAILED_SHARE_LIMIT * requested:
+        import pandas as pd
+
+        reasons = pd.Series(list(failures.values())).value_counts().head(3)
+        top = "; ".join(f"{n}x {reason}" for reason, n in reasons.items())
+        raise SyncError(
+            f"{job.name}: {len(failures)} of {requested} requests failed ({top}); what "
+            "succeeded was written. Check BaoStock's reachability and "
+            "STOCK_PIPELINE_BAOSTOCK_QPS / _CONCURRENCY, then rematerialize"
+        )

@@ -19,7 +19,7 @@ import pandas as pd
 
 from stock_pipeline import calendar as trading_calendar
 from stock_pipeline.assets import runtime, store
-from stock_pipeline.assets.raw.job import RawJob, SyncError
+from stock_pipeline.assets.raw.job import RawJob, SyncError, fail_if_mostly_failed
 from stock_pipeline.baostock.fetch import fetch_daily_bars, fetch_many
 from stock_pipeline.compute.daily import ex_right_codes, factor_corrections
 from stock_pipeline.compute.reference import stock_universe
@@ -27,24 +27,10 @@ from stock_pipeline.compute.reference import stock_universe
 # Factor history is fetched from the first trading day on: the factor in force on any day is
 # that of the latest ex-right date before it, however old.
 FACTOR_HISTORY_START = trading_calendar.SSE_FIRST_SESSION
-# A range in which more keys fail than this share is failed as a whole (BaoStock is down or
-# refusing us); below it, the run succeeds and lists the failed keys.
-FAILED_SHARE_LIMIT = 0.5
 
 
 def _iso(day: dt.date) -> str:
     return day.isoformat()
-
-
-def _fail_if_mostly_failed(job: RawJob, requested: int, failures: dict[str, str]) -> None:
-    if requested and len(failures) > FAILED_SHARE_LIMIT * requested:
-        reasons = pd.Series(list(failures.values())).value_counts().head(3)
-        top = "; ".join(f"{n}x {reason}" for reason, n in reasons.items())
-        raise SyncError(
-            f"{job.name}: {len(failures)} of {requested} requests failed ({top}); what "
-            "succeeded was written. Check BaoStock's reachability and "
-            "STOCK_PIPELINE_BAOSTOCK_QPS / _CONCURRENCY, then rematerialize"
-        )
 
 
 async def sync_trade_dates(job: RawJob) -> runtime.Report:
@@ -166,7 +152,7 @@ async def sync_all_stock(job: RawJob) -> runtime.Report:
             f"BaoStock listed no securities on any day of {window}: is the server's data "
             "behind (the day not published yet)?"
         )
-    _fail_if_mostly_failed(job, result.requested, result.failures)
+    fail_if_mostly_failed(job, result.requested, result.failures)
     return report
 
 
@@ -259,7 +245,7 @@ async def sync_k_daily(job: RawJob) -> runtime.Report:
             f"[{job.name}] {len(missing)} (code, day) listed as trading have no bar, e.g. "
             + ", ".join(f"{r.code} {r.trade_date:%Y-%m-%d}" for r in missing.head(5).itertuples())
         )
-    _fail_if_mostly_failed(job, result.requested, result.failures)
+    fail_if_mostly_failed(job, result.requested, result.failures)
     return report
 
 
@@ -351,7 +337,7 @@ async def sync_adjust_factor(job: RawJob) -> runtime.Report:
     report.preview = result.frame
     report.extra.update(plan.metadata(len(universe), result.server_requests))
     _report_corrections(job, corrections)
-    _fail_if_mostly_failed(job, result.requested, result.failures)
+    fail_if_mostly_failed(job, result.requested, result.failures)
     return report
 
 
