@@ -42,6 +42,7 @@ import redis
 from sqlalchemy import create_engine
 from sqlalchemy.exc import DBAPIError
 
+from stock_pipeline import pointintime as pit
 from stock_pipeline.cache import codec
 from stock_pipeline.cache.codec import CodecError
 from stock_pipeline.cache.columns import Columns, to_frame
@@ -75,8 +76,12 @@ __all__ = [
     "close",
     "cross_section",
     "default_reader",
+    "finance_as_of",
+    "index_members",
     "indicators",
+    "industry_as_of",
     "latest",
+    "universe",
 ]
 
 DateLike = dt.date | str
@@ -267,6 +272,71 @@ class MarketReader:
             wanted = self._query(_LATEST_DAY_SQL, {})[0][0]
         rows = [] if wanted is None else self._query(_cross_section_sql(selected), {"day": wanted})
         return _frame(layout.rows(rows), "code")
+
+    # -- point in time (pointintime.py): always PostgreSQL ---------------------------------------
+
+    def finance_as_of(
+        self, day: DateLike, codes: str | Iterable[str] | None = None
+    ) -> pd.DataFrame:
+        """Per code (or per code of `codes`), the statement with the latest stat_date among
+        those published on or before `day`, in the version the warehouse held on `day`:
+        indexed by code, with stat_date, pub_date, valid_from (the day these values became
+        known: pub_date, or the re-fetch that revised them) and the finance columns. Never a
+        statement published after `day`."""
+        wanted = check_date(day, "day")
+        params: dict[str, Any] = {"day": wanted}
+        if codes is not None:
+            params["codes"] = _codes(codes)
+        rows = self._query(pit.finance_as_of_sql(codes is not None), params)
+        return _pit_frame(rows, pit.FINANCE_COLUMNS, dates=("stat_date", "pub_date", "valid_from"))
+
+    def index_members(self, index: str, day: DateLike) -> list[str]:
+        """The codes in `index` ('sh.000300' or 'hs300', 'sh.000016' or 'sz50', 'sh.000905' or
+        'zz500') on `day`: the members of the latest snapshot on or before it. Raises
+        ValueError for a day before the first stored snapshot (unknown, not empty)."""
+        code, wanted = pit.index_code(index), check_date(day, "day")
+        rows = self._query(pit.INDEX_MEMBERS_SQL, {"index": code, "day": wanted})
+        if not rows:
+            first = self._query(pit.INDEX_SPAN_SQL, {"index": code})[0][0]
+            if first is None or wanted < first:
+                raise ValueError(pit.no_snapshot_message(code, wanted, first))
+        return [r[0] for r in rows]
+
+    def industry_as_of(
+        self, day: DateLike, codes: str | Iterable[str] | None = None
+    ) -> pd.DataFrame:
+        """Each stock's CSRC industry on `day` (industry, classification, valid_from: the
+        snapshot that first showed it), indexed by code."""
+        wanted = check_date(day, "day")
+        params: dict[str, Any] = {"day": wanted}
+        if codes is not None:
+            params["codes"] = _codes(codes)
+        rows = self._query(pit.industry_as_of_sql(codes is not None), params)
+        if not rows:
+            first = self._query(pit.INDUSTRY_SPAN_SQL, {})[0][0]
+            if first is None or wanted < first:
+                raise ValueError(
+                    f"industry_membership holds no snapshot on or before {wanted} (first: "
+                    f"{first}): materialize the p4 group (with an earlier "
+                    "STOCK_PIPELINE_START_DATE for older days)"
+                )
+        return _pit_frame(rows, pit.INDUSTRY_COLUMNS, dates=("valid_from",))
+
+    def universe(self, day: DateLike) -> list[str]:
+        """The stocks listed and trading on `day` (query_all_stock's list, suspended ones left
+        out; stocks delisted since are in it for past days). Raises ValueError for a day the
+        warehouse holds no listing of (a closed day, or one not materialized)."""
+        wanted = check_date(day, "day")
+        rows = self._query(pit.UNIVERSE_SQL, {"day": wanted})
+        if not rows and not self._query(pit.LISTINGS_ON_DAY_SQL, {"day": wanted})[0][0]:
+            is_open = self._query(pit.IS_OPEN_SQL, {"day": wanted})
+            if is_open and is_open[0][0] is False:
+                raise ValueError(f"{wanted} is not a trading day: no stock trades on it")
+            raise ValueError(
+                f"raw_all_stock holds no listing for {wanted}: materialize raw_all_stock for "
+                "that day (stock-pipeline backfill, or the p0 group)"
+            )
+        return [r[0] for r in rows]
 
     @property
     def served(self) -> dict[str, int]:
@@ -496,6 +566,17 @@ def _frame(columns: Columns, index: str, select: Sequence[str] | None = None) ->
     return to_frame(columns, index=index, select=select)
 
 
+def _codes(codes: str | Iterable[str]) -> list[str]:
+    return [check_code(c) for c in ([codes] if isinstance(codes, str) else codes)]
+
+
+def _pit_frame(rows: list[tuple], columns: Sequence[str], dates: Sequence[str]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(rows, columns=["code", *columns])
+    for name in dates:
+        frame[name] = pd.to_datetime(frame[name])
+    return frame.set_index("code")
+
+
 def _indicators_sql(selected: Sequence[str]) -> str:
     return (
         f"SELECT {_DAYS}, {', '.join(selected)} FROM technical_daily "
@@ -574,3 +655,23 @@ def cross_section(
 ) -> pd.DataFrame:
     """MarketReader.cross_section on the shared reader."""
     return default_reader().cross_section(day, columns)
+
+
+def finance_as_of(day: DateLike, codes: str | Iterable[str] | None = None) -> pd.DataFrame:
+    """MarketReader.finance_as_of on the shared reader."""
+    return default_reader().finance_as_of(day, codes)
+
+
+def index_members(index: str, day: DateLike) -> list[str]:
+    """MarketReader.index_members on the shared reader."""
+    return default_reader().index_members(index, day)
+
+
+def industry_as_of(day: DateLike, codes: str | Iterable[str] | None = None) -> pd.DataFrame:
+    """MarketReader.industry_as_of on the shared reader."""
+    return default_reader().industry_as_of(day, codes)
+
+
+def universe(day: DateLike) -> list[str]:
+    """MarketReader.universe on the shared reader."""
+    return default_reader().universe(day)
