@@ -316,6 +316,7 @@ class Market:
         self.n_codes = n_codes
         self.start = start
         self.end = end
+        self._today = end
         self._lock = threading.RLock()
         self.grid = trading_day_array(start, end)
         self.grid_dates: list[date] = [d.item() for d in self.grid]
@@ -345,6 +346,20 @@ class Market:
         self._member_cache: dict[tuple[str, date], list[str]] = {}
         self._report_tables: dict[str, np.ndarray] = {}
         self._status: _StatusBook | None = None
+
+    @property
+    def today(self) -> date:
+        """The day the simulator answers as of (default: `end`): statements published after it
+        are not served yet, restatements dated after it not applied. Tests move it forward to
+        replay later visits to the same market; a Market with another `end` is another market
+        (its listings and statements are drawn differently)."""
+        return self._today
+
+    @today.setter
+    def today(self, day: date) -> None:
+        if not self.start <= day <= self.end:
+            raise ValueError(f"today {day} must lie in the market window {self.start}..{self.end}")
+        self._today = day
 
     # ----- calendar -----------------------------------------------------------------------------
 

@@ -2,12 +2,18 @@
 forecast reports, industry and index constituents.
 
 Visibility follows publication: the simulator's "today" is the market window's end, so a
-statement, express or forecast report exists only once its publication date is <= market.end.
+statement, express or forecast report exists only once its publication date is <= market.end
+(statements: <= market.today, which tests may move back from the end).
+
+Restatements (更正公告): a few statements are corrected some weeks after publication. BaoStock
+serves only the latest values, under the original pubDate, so a request answered after the
+correction silently returns other numbers for the same (code, period).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import date, timedelta
 
 import numpy as np
@@ -38,7 +44,7 @@ def _statement(
     if fund is None:
         return None
     i = fund.index_of(year, quarter)
-    if i is None or fund.pub_dates[i] > market.end:
+    if i is None or fund.pub_dates[i] > market.today:
         return None
     return fund, i
 
@@ -152,12 +158,47 @@ QUARTERLY: dict[str, Callable[[Fundamentals, int], list[str]]] = {
 
 
 def quarterly_rows(market: Market, api: str, code: str, year: int, quarter: int) -> list[Row]:
-    """The row of a quarterly API for (code, year, quarter), if published by market.end."""
+    """The row of a quarterly API for (code, year, quarter), if published by market.today; in
+    its restated version once the restatement date (if any) has come."""
     found = _statement(market, code, year, quarter)
     if found is None:
         return []
     fund, i = found
+    restated = restatement_date(market, code, year, quarter)
+    if restated is not None and restated <= market.today:
+        fund = _restated(fund, i)
     return [_head(code, fund, i) + QUARTERLY[api](fund, i)]
+
+
+# Share of statements restated, the factor applied to the quarter's net profit, and the first
+# statement date that can be restated (older statements keep the values they always had).
+RESTATED_SHARE = 0.03
+RESTATEMENT_FACTOR = 1.03
+RESTATEMENTS_FROM = date(2015, 1, 1)
+
+
+def restatement_date(market: Market, code: str, year: int, quarter: int) -> date | None:
+    """The day a statement is corrected (20-120 days after its publication), or None for the
+    ~97% of statements never corrected; deterministic per (seed, code, period)."""
+    fund = market.fundamentals(code)
+    if fund is None:
+        return None
+    i = fund.index_of(year, quarter)
+    if i is None or fund.stat_dates[i] < RESTATEMENTS_FROM:
+        return None
+    draws = _draws(market, code, 4, np.array([year * 4 + quarter]))[:, 0]
+    if draws[0] >= RESTATED_SHARE:
+        return None
+    return fund.pub_dates[i] + timedelta(days=20 + int(draws[1] * 101))
+
+
+def _restated(fund: Fundamentals, i: int) -> Fundamentals:
+    """The statements with quarter i's net profit (and its parent share) corrected: every
+    ratio built on them follows (ROE, margins, EPS, growth, DuPont, CFO/NP)."""
+    net, parent = fund.net_profit.copy(), fund.parent_net_profit.copy()
+    net[i] *= RESTATEMENT_FACTOR
+    parent[i] *= RESTATEMENT_FACTOR
+    return replace(fund, net_profit=net, parent_net_profit=parent)
 
 
 # ----- corporate actions and reports -------------------------------------------------------------
