@@ -13,9 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from stock_pipeline.baostock.apis import INDEX_CODES
+
 ENV_PREFIX = "STOCK_PIPELINE_"
 # A cache prefix is matched literally in SCAN patterns: no glob characters, no spaces.
 CACHE_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
+# A BaoStock security code: exchange, dot, six digits (sh.000300).
+SECURITY_CODE_PATTERN = re.compile(r"(sh|sz|bj)\.\d{6}")
 # The cache keeps a replaced version readable for a minute: its keys must live longer than that.
 CACHE_MIN_TTL_S = 120
 
@@ -119,6 +123,11 @@ class Settings:
     integrity_days: int = 30
     integrity_interval_s: int = 600
     integrity_retry_cooldown_s: int = 3600
+    # Indexes whose daily bars the P3 group syncs (BaoStock codes, comma-separated).
+    index_codes: tuple[str, ...] = INDEX_CODES
+    # A statement period is re-fetched weekly until this many days after its legal deadline
+    # (late reports, corrections), then left alone.
+    finance_grace_days: int = 60
 
     log_level: str = "INFO"
 
@@ -206,6 +215,10 @@ class Settings:
             integrity_retry_cooldown_s=reader.integer(
                 "INTEGRITY_RETRY_COOLDOWN_S", defaults.integrity_retry_cooldown_s, minimum=0
             ),
+            finance_grace_days=reader.integer(
+                "FINANCE_GRACE_DAYS", defaults.finance_grace_days, minimum=0
+            ),
+            index_codes=reader.codes("INDEX_CODES", defaults.index_codes),
             log_level=reader.choice(
                 "LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
@@ -324,6 +337,16 @@ class _EnvReader:
             accepted = "1-100 letters, digits, _ . : or - (starting with a letter or digit)"
             raise self._fail(name, accepted, raw)
         return raw
+
+    def codes(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        codes = tuple(dict.fromkeys(c.strip().lower() for c in raw.split(",") if c.strip()))
+        if not codes or not all(SECURITY_CODE_PATTERN.fullmatch(c) for c in codes):
+            accepted = "comma-separated BaoStock codes like sh.000300,sz.399001"
+            raise self._fail(name, accepted, raw)
+        return codes
 
     def path(self, name: str, default: Path) -> Path:
         raw = self._raw(name)

@@ -54,6 +54,7 @@ def test_values_are_parsed():
         ("CACHE_PREFIX", "sp:*", "STOCK_PIPELINE_CACHE_PREFIX must be 1-100 letters"),
         ("CACHE_PREFIX", ":sp", "STOCK_PIPELINE_CACHE_PREFIX must be 1-100 letters"),
         ("CACHE_PREFIX", "x" * 101, "STOCK_PIPELINE_CACHE_PREFIX must be 1-100 letters"),
+        ("INDEX_CODES", "sh.000300,000905", "STOCK_PIPELINE_INDEX_CODES must be comma-separated"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str):
