@@ -51,6 +51,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import groups
 import psutil
 from common import emit
 
@@ -61,7 +62,7 @@ from stock_pipeline.calendar import load_calendar
 from stock_pipeline.instance import embedded_storage_url, prepare_instance
 from stock_pipeline.settings import Settings
 
-SELECTION = "group:p0 or group:etl or group:indicators or group:cache"
+SELECTION = f"group:p0 or group:etl or group:indicators or group:cache or {groups.DAY_EXTRA}"
 RAW_ASSETS = ("raw_trade_dates", "raw_stock_basic", "raw_all_stock", "raw_k_daily",
               "raw_adjust_factor")  # fmt: skip
 ETL_ASSETS = ("stocks", "trade_calendar", "stock_daily")
@@ -101,10 +102,10 @@ class TreeMemory:
         self._thread.join()
 
 
-def run_cli(env: dict[str, str], *args: str, log: Path) -> dict[str, Any]:
+def run_cli(env: dict[str, str], *args: str, log: Path, select: str = SELECTION) -> dict[str, Any]:
     """One `dagster asset materialize` run; wall time, peak memory, exit code."""
     command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m",
-               "stock_pipeline.definitions", "--select", SELECTION, *args]  # fmt: skip
+               "stock_pipeline.definitions", "--select", select, *args]  # fmt: skip
     began = time.perf_counter()
     with open(log, "w") as out:
         child = subprocess.Popen(
@@ -317,6 +318,18 @@ def main() -> None:
                 steps={k: round(v, 1) for k, v in report["steps"].items()},
             )
             emit({"stage": "backfill", **backfill})
+            slower = groups.run_groups(
+                first,
+                last,
+                lambda *a, **k: run_cli(env, *a, **k),
+                lambda: run_report(dagster_home),
+                home,
+            )
+            p1_latency = (
+                {}
+                if args.skip_latency
+                else groups.p1_latency_stage(config, url, *groups.periods(first, last)[-2])
+            )
             inc = run_cli(env, "--partition", increment.isoformat(), log=home / "increment.log")
             inc_report = run_report(dagster_home)
             codes = inc_report["metadata"]["raw_k_daily"]["keys_requested"]
@@ -351,6 +364,17 @@ def main() -> None:
             "codes": backfill["codes"],
             "bars": backfill["bars"],
             "wall_s": backfill["wall_s"],
+            "whole_graph_wall_s": round(
+                backfill["wall_s"] + sum(r["wall_s"] for r in slower.values()), 1
+            ),
+            "whole_graph_peak_rss_mb": max(
+                [backfill["peak_rss_mb"], *(r["peak_rss_mb"] for r in slower.values())]
+            ),
+            "group_wall_s": {k: r["wall_s"] for k, r in slower.items()},
+            "group_baostock_messages": {k: r["baostock_messages"] for k, r in slower.items()},
+            "p1_quarter_requests": p1_latency.get("requests"),
+            "p1_quarter_bound_ratio_c8_50ms": p1_latency.get("bound_ratio"),
+            "p1_requests_saved_unlisted_min": p1_latency.get("requests_saved_unlisted_min"),
             "stage_s": backfill["stages"],
             "peak_rss_mb": backfill["peak_rss_mb"],
             "indicators_s": backfill["stages"]["indicators"],

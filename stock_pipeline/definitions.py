@@ -13,9 +13,10 @@ import os
 import dagster as dg
 
 from stock_pipeline.assets.cache import cache_assets
+from stock_pipeline.assets.etl import p1, p2, p3, p4, p5
 from stock_pipeline.assets.etl.p0 import etl_assets
 from stock_pipeline.assets.indicators import indicator_assets
-from stock_pipeline.assets.partitions import build_trading_day_partitions
+from stock_pipeline.assets.partitions import build_partitions
 from stock_pipeline.assets.raw import BAOSTOCK_STEP_TAG, raw_assets
 from stock_pipeline.assets.raw.checks import P0_CHECKS
 from stock_pipeline.automation.definitions import build_automation
@@ -53,15 +54,21 @@ def build_definitions(
 ) -> dg.Definitions:
     """The code location for `settings` (tests pass their own resources)."""
     calendar = load_calendar(settings.home)
-    partitions = build_trading_day_partitions(calendar, settings.start_date)
+    every = build_partitions(calendar, settings.start_date)
+    partitions = every.day
     etl, etl_checks = etl_assets(calendar, partitions)
     indicators, indicator_checks = indicator_assets(calendar, partitions)
     cache, cache_checks = cache_assets(calendar, partitions)
-    automation = build_automation(calendar, partitions, settings)
-    assets = [*raw_assets(calendar, partitions), *etl, *indicators, *cache]
+    groups, group_checks = [], []
+    for group in (p1, p2, p3, p4, p5):
+        assets, checks = group.group_assets(calendar, every)
+        groups += assets
+        group_checks += checks
+    automation = build_automation(calendar, every, settings)
+    assets = [*raw_assets(calendar, every.by_kind), *etl, *indicators, *cache, *groups]
     return dg.Definitions(
         assets=[_with_freshness(a, automation.freshness) for a in assets],
-        asset_checks=[*P0_CHECKS, *etl_checks, *indicator_checks, *cache_checks],
+        asset_checks=[*P0_CHECKS, *etl_checks, *indicator_checks, *cache_checks, *group_checks],
         jobs=automation.jobs,
         schedules=automation.schedules,
         sensors=automation.sensors,

@@ -1,12 +1,15 @@
-"""`stock-pipeline demo`: the daily graph (raw -> business tables -> indicators -> cache), end to
-end, on this machine, and a read of the result through stock_pipeline.read.
+"""`stock-pipeline demo`: every group end to end on this machine (the daily graph: raw -> business
+tables -> indicators -> cache, with the index bars; then financial statements, corporate actions,
+weekly and monthly bars, index members, industries and macro series), and a read of the result
+through stock_pipeline.read, point-in-time reads included.
 
 Starts what is missing (a BaoStock simulator, the embedded PostgreSQL and Redis), migrates the
 warehouse, keeps a Dagster instance under STOCK_PIPELINE_HOME/dagster (so `stock-pipeline dev` shows
 these runs later), and materializes the graph through Dagster's own `dagster asset materialize`
-in two runs: the calendar and listings first (the stored calendar may extend the partitions),
-then the trading-day range. Progress comes from the run's event log; a summary ends it. What
-the demo started, it stops.
+in runs: the calendar and listings first (the stored calendar may extend the partitions),
+then the trading-day range, then one run per slower group over the partitions covering the
+range (automation/cadence.py: covering_runs). Progress comes from the run's event log; a
+summary ends it. What the demo started, it stops.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stock_pipeline.automation.gaps import DAILY_ASSETS, REFERENCE_ASSETS
+from stock_pipeline.automation.gaps import DAILY_ASSETS, INDEX_DAILY_ASSETS, REFERENCE_ASSETS
 from stock_pipeline.calendar import NotATradingDayError, TradingCalendar, load_calendar
 from stock_pipeline.local import (
+    SIMULATED_STOCKS,
     LocalStackError,
     Services,
     latest_published_end,
@@ -35,7 +39,6 @@ from stock_pipeline.local import (
 from stock_pipeline.runs import Outcome, RunFailed, materialize
 from stock_pipeline.settings import Settings
 
-DEFAULT_CODES = 500
 DEFAULT_MONTHS = 3
 TABLES = (
     *REFERENCE_ASSETS[:2],
@@ -44,6 +47,14 @@ TABLES = (
     "stocks",
     "stock_daily",
     "technical_daily",
+    "index_daily",
+    "finance",
+    "corporate_actions",
+    "raw_k_weekly",
+    "raw_k_monthly",
+    "index_constituents",
+    "industry_membership",
+    "macro_series",
 )
 
 
@@ -59,13 +70,13 @@ def register(subparsers: Any) -> None:
             "Run the daily graph (P0 raw -> business tables -> indicators -> Redis cache, with "
             "checks) through Dagster "
             "for a range of trading days. By default against a local BaoStock simulator with "
-            f"{DEFAULT_CODES} stocks and the last {DEFAULT_MONTHS} months of its calendar."
+            f"{SIMULATED_STOCKS} stocks and the last {DEFAULT_MONTHS} months of its calendar."
         ),
     )
     parser.add_argument("--start", type=dt.date.fromisoformat, help="first trading day")
     parser.add_argument("--end", type=dt.date.fromisoformat, help="last trading day")
     parser.add_argument(
-        "--codes", type=int, default=DEFAULT_CODES, help="stocks in the simulator's market"
+        "--codes", type=int, default=SIMULATED_STOCKS, help="stocks in the simulator's market"
     )
     parser.add_argument("--seed", type=int, default=7, help="the simulator's market")
     parser.add_argument(
@@ -114,17 +125,29 @@ def _demo(args: argparse.Namespace) -> int:
         materialize(
             dagster,
             services.env,
-            DAILY_ASSETS,
+            (*DAILY_ASSETS, *INDEX_DAILY_ASSETS),
             (start, end),
             f"{start}..{end}, {len(sessions)} trading days",
             outcome,
         )
+        for group in _slower_groups(calendar, settings, start, end):
+            materialize(dagster, services.env, (group.selection,), group.keys, group.title, outcome)
         try:
             _read_example(services.env)
         except Exception as exc:  # the runs succeeded: report the read, keep the summary
             print(f"\ndemo: reading the result back failed: {exc}")
         _summary(services, outcome, time.monotonic() - began, home)
     return 0 if outcome.failed == 0 else 1
+
+
+def _slower_groups(
+    calendar: TradingCalendar, settings: Settings, start: dt.date, end: dt.date
+) -> list[Any]:
+    # Imported here: the CLI starts without Dagster.
+    from stock_pipeline.assets.partitions import build_partitions
+    from stock_pipeline.automation.cadence import covering_runs
+
+    return covering_runs(build_partitions(calendar, settings.start_date), start, end)
 
 
 def _months_before(calendar: TradingCalendar, end: dt.date, months: int) -> dt.date:
@@ -156,6 +179,7 @@ def _read_example(env: dict[str, str]) -> None:
         latest = reader.latest(code)
         week = (latest["trade_date"].iloc[0] - pd.Timedelta(days=7)).date()
         bars = reader.bars(code, start=week, adjust="qfq")
+        as_of = _point_in_time(reader, code, latest["trade_date"].iloc[0].date())
         served = reader.served
     with pd.option_context("display.width", 100, "display.max_columns", 8):
         print("\nRead it back (stock_pipeline.read; indicators are on back-adjusted prices,")
@@ -167,7 +191,44 @@ def _read_example(env: dict[str, str]) -> None:
         print(_indent(latest[shown].round(3).to_string()))
         print(f'  read.bars({code!r}, start="{week}", adjust="qfq")')
         print(_indent(bars[["open", "high", "low", "close", "volume"]].round(3).to_string()))
+        for call, shown_value in as_of:
+            print(f"  {call}")
+            print(_indent(shown_value))
     print(f"  (reads served: {served['redis']} by Redis, {served['postgres']} by PostgreSQL)")
+
+
+def _point_in_time(reader: Any, code: str, day: dt.date) -> list[tuple[str, str]]:
+    """The point-in-time reads on `day`, shown as (call, result); a group the run could not
+    fill shows its error instead."""
+    month_ago = day - dt.timedelta(days=30)
+    reads = (
+        (f'read.universe("{day}")', lambda: f"{len(reader.universe(day))} stocks trading"),
+        (
+            f'read.index_members("hs300", "{month_ago}")',
+            lambda: _members(reader.index_members("hs300", month_ago)),
+        ),
+        (
+            f'read.finance_as_of("{day}", codes=[{code!r}])',
+            lambda: reader.finance_as_of(day, [code])[
+                ["stat_date", "pub_date", "roe_avg", "net_profit", "eps_ttm"]
+            ].to_string(),
+        ),
+        (
+            f'read.industry_as_of("{day}", codes=[{code!r}])',
+            lambda: reader.industry_as_of(day, [code]).to_string(),
+        ),
+    )
+    out = []
+    for call, read in reads:
+        try:
+            out.append((call, read()))
+        except ValueError as exc:
+            out.append((call, f"not available: {exc}"))
+    return out
+
+
+def _members(codes: list[str]) -> str:
+    return f"{len(codes)} members: {', '.join(codes[:6])}{', ...' if len(codes) > 6 else ''}"
 
 
 def _indent(text: str) -> str:

@@ -32,6 +32,7 @@ import psutil
 from stock_pipeline.calendar import NotATradingDayError, load_calendar
 from stock_pipeline.instance import write_workspace
 from stock_pipeline.local import (
+    SIMULATED_STOCKS,
     LocalStackError,
     Services,
     latest_published_end,
@@ -45,7 +46,6 @@ from stock_pipeline.settings import Settings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3000
-DEFAULT_CODES = 300
 READY_TIMEOUT_S = 180.0
 STOP_GRACE_S = 10.0
 # Lines of the children's logs shown in the terminal too: errors (not the steps a failed step
@@ -86,7 +86,7 @@ def register(subparsers: Any) -> None:
         help="run on a local BaoStock simulator (offline) instead of BaoStock",
     )
     parser.add_argument(
-        "--codes", type=int, default=DEFAULT_CODES, help="stocks in the simulator's market"
+        "--codes", type=int, default=SIMULATED_STOCKS, help="stocks in the simulator's market"
     )
     parser.add_argument("--seed", type=int, default=7, help="the simulator's market")
     parser.add_argument("--host", default=DEFAULT_HOST, help="the UI's address to listen on")

@@ -18,6 +18,9 @@ from typing import Any
 from stock_pipeline.calendar import TradingCalendar
 from stock_pipeline.settings import Settings
 
+# Stocks of the simulated market by default: enough for full indexes (the CSI 500's members
+# rank 300-800 by size, and its check wants exactly 500).
+SIMULATED_STOCKS = 1000
 SIMULATOR_QPS = "2000"  # the simulator is local: BaoStock's politeness limit does not apply
 
 

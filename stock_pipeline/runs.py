@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PROGRESS_PREFIXES = ("[p0.", "[etl.", "[indicators.", "[cache.")
+PROGRESS_PREFIXES = (
+    *(f"[p{n}." for n in range(6)),
+    "[etl.",
+    "[indicators.",
+    "[cache.",
+)
 
 
 class RunFailed(Exception):
@@ -43,13 +48,15 @@ def materialize(
     instance: Any,
     env: dict[str, str],
     assets: tuple[str, ...],
-    days: tuple[dt.date, dt.date] | None,
+    days: tuple[dt.date | str, dt.date | str] | None,
     title: str,
     outcome: Outcome,
     label: str = "demo",
 ) -> None:
-    """One `dagster asset materialize` run, followed through the instance's event log;
-    RunFailed (with its output's tail) if it fails."""
+    """One `dagster asset materialize` run of `assets` (names, or one selection string) over
+    the partition range `days` (trading days, or keys of another partitions definition),
+    followed through the instance's event log; RunFailed (with its output's tail) if it
+    fails."""
     command = [
         sys.executable,
         "-m",

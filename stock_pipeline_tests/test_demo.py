@@ -20,6 +20,7 @@ from stock_pipeline.settings import Settings
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_demo_materializes_the_graph_and_reads_it_back(
     make_database: Callable[[], str], redis_url: str, tmp_path: Path
 ):
@@ -38,16 +39,35 @@ def test_demo_materializes_the_graph_and_reads_it_back(
         "from stock_pipeline.cli import main; raise SystemExit(main())",
     ]
     demo = subprocess.run(
-        [*command, "demo", "--codes", "30", "--start", "2024-06-03", "--end", "2024-07-31"],
+        [*command, "demo", "--codes", "900", "--start", "2024-07-01", "--end", "2024-07-31"],
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     out = demo.stdout
     assert demo.returncode == 0, out[-3000:] + demo.stderr[-3000:]
-    for asset in ("stock_daily", "technical_daily", "redis_cache"):
+    for asset in (
+        "stock_daily",
+        "technical_daily",
+        "redis_cache",
+        "index_daily",
+        "finance",
+        "corporate_actions",
+        "raw_k_weekly",
+        "raw_k_monthly",
+        "index_constituents",
+        "industry_membership",
+        "macro_series",
+    ):
         assert f"+ {asset}:" in out, out
+    for read in (
+        "read.universe",
+        "read.index_members",
+        "read.finance_as_of",
+        "read.industry_as_of",
+    ):
+        assert f"read.{read}(" in out and "not available" not in out, out
     assert "FAILED" not in out and re.search(r"checks: (\d+)/\1 passed", out), out
     assert "Read it back" in out and "read.cross_section" in out and "by Redis" in out, out
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:

@@ -3,11 +3,11 @@ assets promise.
 
 After the close on every trading day (STOCK_PIPELINE_DAILY_RUN_TIME, 17:30 Asia/Shanghai by
 default, when BaoStock has published the day) the schedule requests that day's partition of
-`daily_job`: the calendar and listings, raw bars and factors, stock_daily, technical_daily and
-the cache. It is built with `build_schedule_from_partitioned_job`: it fires every day at that
-time, and its guard skips a day whose partition does not exist yet, so weekends and holidays
-produce no run (partitions.py). Slower groups (quarterly financials, ...) get jobs and
-schedules of their own cadence beside this one, built the same way on their own partitions.
+`daily_job`: the calendar and listings, raw bars and factors, stock_daily, technical_daily, the
+cache, and the index bars of P3. It is built with `build_schedule_from_partitioned_job`: it
+fires every day at that time, and its guard skips a day whose partition does not exist yet, so
+weekends and holidays produce no run (partitions.py). The slower groups have jobs and schedules
+of their own cadence (automation/cadence.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import warnings
 import dagster as dg
 
 from stock_pipeline.assets.partitions import TIMEZONE
-from stock_pipeline.automation.gaps import DAILY_ASSETS, REFERENCE_ASSETS
+from stock_pipeline.automation.gaps import DAILY_ASSETS, INDEX_DAILY_ASSETS, REFERENCE_ASSETS
 from stock_pipeline.settings import Settings
 
 DAILY_JOB = "daily_job"
@@ -42,9 +42,10 @@ def _define_daily_job(partitions: dg.PartitionsDefinition) -> dg.UnresolvedAsset
     return dg.define_asset_job(
         DAILY_JOB,
         partitions_def=partitions,
-        selection=dg.AssetSelection.assets(*REFERENCE_ASSETS, *DAILY_ASSETS),
+        selection=dg.AssetSelection.assets(*REFERENCE_ASSETS, *DAILY_ASSETS, *INDEX_DAILY_ASSETS),
         description="One trading day (or a range) of the daily graph: listings and calendar, "
-        "raw bars and factors -> stock_daily -> technical_daily -> the Redis cache.",
+        "raw bars and factors -> stock_daily -> technical_daily -> the Redis cache; the "
+        "index bars (P3).",
     )
 
 

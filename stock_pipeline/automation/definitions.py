@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from stock_pipeline.assets.partitions import Partitions
+from stock_pipeline.automation.cadence import build_cadence
 from stock_pipeline.automation.daily import (
     build_daily_job,
     build_daily_schedule,
@@ -27,13 +29,14 @@ class Automation:
 
 
 def build_automation(
-    calendar: TradingCalendar, partitions: dg.PartitionsDefinition, settings: Settings
+    calendar: TradingCalendar, partitions: Partitions, settings: Settings
 ) -> Automation:
-    daily_job = build_daily_job(partitions)
+    daily_job = build_daily_job(partitions.day)
     freshness = daily_freshness(settings)
+    cadence_jobs, cadence_schedules = build_cadence(partitions, settings)
     return Automation(
-        jobs=[daily_job],
-        schedules=[build_daily_schedule(daily_job, settings)],
+        jobs=[daily_job, *cadence_jobs],
+        schedules=[build_daily_schedule(daily_job, settings), *cadence_schedules],
         sensors=[build_integrity_sensor(calendar, settings, daily_job.name)],
         freshness={asset: freshness for asset in DAILY_ASSETS},
     )

@@ -30,6 +30,8 @@ DAILY_GRAPH: dict[str, tuple[str, ...]] = {
     "redis_cache": ("technical_daily", "stock_daily"),
 }
 DAILY_ASSETS = tuple(DAILY_GRAPH)
+# The index bars of P3, also per trading day: they run with the daily job (not counted).
+INDEX_DAILY_ASSETS = ("raw_index_daily", "index_daily")
 # Unpartitioned: the calendar and listings, refreshed with every daily run.
 REFERENCE_ASSETS = ("raw_trade_dates", "raw_stock_basic", "trade_calendar", "stocks")
 # Assets whose tables are counted per day (raw_adjust_factor is keyed by ex-date, the cache
