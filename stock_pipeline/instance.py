@@ -153,3 +153,15 @@ def _psycopg2_url(url: str) -> str:
 
 class DagsterStorageError(RuntimeError):
     """Dagster's storage database cannot be prepared; the message says what to do."""
+
+
+BAOSTOCK_POOL = "baostock"  # the concurrency pool of every raw step (assets/raw)
+
+
+def initialize_pools(instance) -> None:  # instance: dagster.DagsterInstance
+    """Create the `baostock` pool's limit in the instance's storage before any run: runs
+    starting together otherwise race to create it, and Dagster fails the loser with a
+    unique-key violation (seen with two overlapping `dagster asset materialize` runs)."""
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        storage.initialize_concurrency_limit_to_default(BAOSTOCK_POOL)

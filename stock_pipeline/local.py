@@ -135,12 +135,16 @@ def prepare_dagster_home(settings: Settings, services: Services) -> Path:
 
 @contextlib.contextmanager
 def open_instance(dagster_home: Path) -> Iterator[Any]:
-    """A handle on the instance (schema created now, connections closed at the end)."""
+    """A handle on the instance (schema and the `baostock` pool created now, connections
+    closed at the end)."""
     from dagster import DagsterInstance
+
+    from stock_pipeline.instance import initialize_pools
 
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     instance = DagsterInstance.get()
     try:
+        initialize_pools(instance)
         yield instance
     finally:
         instance.dispose()

@@ -23,7 +23,8 @@ import psutil
 from stock_pipeline.dev import graphql
 
 READY_TIMEOUT_S = 300.0  # a cold start on a busy 2-core CI machine
-ASSETS = {
+# The daily graph, which the browser test finds in the lineage view.
+DAILY_GRAPH_ASSETS = {
     "raw_trade_dates",
     "raw_stock_basic",
     "raw_all_stock",
@@ -35,7 +36,35 @@ ASSETS = {
     "technical_daily",
     "redis_cache",
 }
-GROUPS = {"p0", "etl", "indicators", "cache"}
+# Every asset the code location serves.
+ASSETS = DAILY_GRAPH_ASSETS | {
+    *(f"raw_{n}" for n in ("profit", "operation", "growth", "balance", "cash_flow", "dupont")),
+    "finance",
+    "raw_dividend",
+    "raw_performance_express",
+    "raw_forecast",
+    "corporate_actions",
+    "performance_express",
+    "earnings_forecast",
+    "raw_index_daily",
+    "index_daily",
+    "raw_hs300_stocks",
+    "raw_sz50_stocks",
+    "raw_zz500_stocks",
+    "index_constituents",
+    "raw_stock_industry",
+    "industry_membership",
+    "stocks_industry",
+    "raw_k_weekly",
+    "raw_k_monthly",
+    "raw_deposit_rate",
+    "raw_loan_rate",
+    "raw_required_reserve_ratio",
+    "raw_money_supply_month",
+    "raw_money_supply_year",
+    "macro_series",
+}
+GROUPS = {"p0", "p1", "p2", "p3", "p4", "p5", "etl", "indicators", "cache"}
 ASSETS_QUERY = "{ assetNodes { assetKey { path } groupName isPartitioned } }"
 REPOSITORY_QUERY = """{ repositoriesOrError { ... on RepositoryConnection { nodes { name
   location { name } jobs { name } schedules { name scheduleState { status } }

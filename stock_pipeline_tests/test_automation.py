@@ -22,7 +22,7 @@ from stock_pipeline.automation.gaps import find_gaps, group_runs, read_counts
 from stock_pipeline.automation.integrity import build_integrity_sensor
 from stock_pipeline.baostock.simulator import SimulatorConfig, SimulatorServer
 from stock_pipeline.calendar import load_calendar
-from stock_pipeline.instance import prepare_instance
+from stock_pipeline.instance import initialize_pools, prepare_instance
 from stock_pipeline.resources import WarehouseResource
 from stock_pipeline.settings import Settings
 from stock_pipeline.warehouse import migrate
@@ -369,6 +369,10 @@ def _overlapping_raw_runs(
             sqlalchemy_url(storage, "psycopg2").render_as_string(hide_password=False),
             settings,
         )
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("DAGSTER_HOME", str(home))
+            with dg.DagsterInstance.get() as instance:
+                initialize_pools(instance)  # as stock-pipeline dev/demo/backfill do
         env = {**os.environ, **pipeline.env, "DAGSTER_HOME": str(home)}
         command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m",
                    "stock_pipeline.definitions", "--select", "raw_k_daily",

@@ -61,12 +61,7 @@ def test_demo_materializes_the_graph_and_reads_it_back(
         "macro_series",
     ):
         assert f"+ {asset}:" in out, out
-    for read in (
-        "read.universe",
-        "read.index_members",
-        "read.finance_as_of",
-        "read.industry_as_of",
-    ):
+    for read in ("universe", "index_members", "finance_as_of", "industry_as_of"):
         assert f"read.{read}(" in out and "not available" not in out, out
     assert "FAILED" not in out and re.search(r"checks: (\d+)/\1 passed", out), out
     assert "Read it back" in out and "read.cross_section" in out and "by Redis" in out, out

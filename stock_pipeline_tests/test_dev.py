@@ -65,7 +65,10 @@ def _assert_definitions_served(dev: DevServer) -> None:
     repository = repositories[0]
     schedules = {s["name"]: s["scheduleState"]["status"] for s in repository["schedules"]}
     sensors = {s["name"]: s["sensorState"]["status"] for s in repository["sensors"]}
-    assert schedules.get("daily_schedule") == "RUNNING", schedules
+    for name in ("daily_schedule", "financials_schedule", "corporate_actions_schedule",
+                 "snapshots_schedule", "weekly_bars_schedule", "monthly_bars_schedule",
+                 "macro_schedule"):  # fmt: skip
+        assert schedules.get(name) == "RUNNING", schedules
     assert sensors.get("integrity_sensor") == "RUNNING", sensors
     assert "daily_job" in {job["name"] for job in repository["jobs"]}
 

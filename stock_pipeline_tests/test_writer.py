@@ -359,7 +359,7 @@ def test_upsert_merges_a_key_a_concurrent_writer_stored_meanwhile(pg_dsn: str, e
 
 def test_upsert_without_value_columns_inserts_missing_keys_only(pg_dsn: str, engine: Engine):
     members = pd.DataFrame(
-        {"index_code": "sh.000300", "update_date": dt.date(2024, 6, 3), "code": ["a", "b", "c"]}
+        {"index_code": "sh.000300", "code": ["a", "b", "c"], "valid_from": dt.date(2024, 6, 3)}
     )
     run(pg_dsn, lambda pool: upsert(pool, index_constituents, members.iloc[:2]))
     result = run(pg_dsn, lambda pool: upsert(pool, index_constituents, members))

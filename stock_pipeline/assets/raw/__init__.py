@@ -18,6 +18,7 @@ from stock_pipeline.assets import runtime
 from stock_pipeline.assets.partitions import NotPublishedError, require_published
 from stock_pipeline.assets.raw.job import RawJob, RawSync, SyncError, SyncFunction
 from stock_pipeline.calendar import TradingCalendar
+from stock_pipeline.instance import BAOSTOCK_POOL
 from stock_pipeline.resources import BaostockResource, WarehouseResource
 from stock_pipeline.warehouse.tables import RAW_DATASETS, RawDataset
 
@@ -94,7 +95,6 @@ SYNCS: dict[str, RawSync] = {
                      "raw_money_supply_month", "raw_money_supply_year")
     },
 }  # fmt: skip
-BAOSTOCK_POOL = "baostock"
 # Op tag of every step that opens a BaoStock session pool (the executor runs one at a time).
 BAOSTOCK_STEP_TAG = "stock_pipeline/baostock_sessions"
 # A failed raw step is tried again once, a little later (a BaoStock hiccup); its writes are
