@@ -87,6 +87,19 @@ def test_ui_shows_the_graph_and_launches_one_partition():
     print("screenshots:", *(str(ARTIFACTS / name) for name in Ui.SAVED), sep="\n  ")
 
 
+# The schedules (daily and by cadence) and the integrity sensor, all on by default.
+AUTOMATIONS = (
+    "daily_schedule",
+    "financials_schedule",
+    "corporate_actions_schedule",
+    "snapshots_schedule",
+    "weekly_bars_schedule",
+    "monthly_bars_schedule",
+    "macro_schedule",
+    "integrity_sensor",
+)
+
+
 class Ui:
     """The pages the test visits, each step saving what the page showed if it fails."""
 
@@ -115,11 +128,12 @@ class Ui:
     def check_automation(self) -> None:
         with self.step("automation"):
             self.page.goto(f"{self.url}/automation")
-            for name in ("daily_schedule", "integrity_sensor"):
+            for name in AUTOMATIONS:
                 link = self.page.get_by_role("link", name=re.compile(name))
-                self.expect(link).to_be_visible()
-            # Each automation's on/off toggle is a checkbox: both are on.
-            self.expect(self.page.locator("input[type=checkbox]:checked")).to_have_count(2)
+                self.expect(link.first).to_be_visible()
+            # Each automation's on/off toggle is a checkbox: all are on.
+            checked = self.page.locator("input[type=checkbox]:checked")
+            self.expect(checked).to_have_count(len(AUTOMATIONS))
             self.screenshot("automation.png")
 
     def launch_partition(self, asset: str, partition: str) -> None:
