@@ -163,5 +163,12 @@ def initialize_pools(instance) -> None:  # instance: dagster.DagsterInstance
     starting together otherwise race to create it, and Dagster fails the loser with a
     unique-key violation (seen with two overlapping `dagster asset materialize` runs)."""
     storage = instance.event_log_storage
-    if storage.supports_global_concurrency_limits:
+    if not storage.supports_global_concurrency_limits:
+        return
+    if BAOSTOCK_POOL in storage.get_concurrency_keys():
+        return  # Dagster's initializer fails on PostgreSQL when the row exists already
+    try:
         storage.initialize_concurrency_limit_to_default(BAOSTOCK_POOL)
+    except Exception:
+        if BAOSTOCK_POOL not in storage.get_concurrency_keys():
+            raise  # not the race with another initializer: a real failure
