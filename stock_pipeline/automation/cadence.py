@@ -22,6 +22,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 
 from stock_pipeline.assets.partitions import SHANGHAI, TIMEZONE, Partitions, period_key
 from stock_pipeline.automation.gaps import INDEX_DAILY_ASSETS
@@ -48,7 +52,8 @@ UNPARTITIONED_SELECTION = (
 
 WEEKLY_BAR_ASSETS = ("raw_k_weekly",)
 MONTHLY_BAR_ASSETS = ("raw_k_monthly",)
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+# Dagster's own range tags (as the integrity sensor uses them).
+RANGE_START, RANGE_END = ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG
 
 
 def unsettled_periods(
